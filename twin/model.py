@@ -1,0 +1,260 @@
+"""The TWIN CTR model (Chang et al., KDD 2023, sec. 3.2-3.4) with two entry points sharing one alpha.
+
+Symbols (see TwinConfig): B batch, L behaviors (newest first), C candidates, A heads, k kept by CP-GSU,
+d_k/d_v head widths, H inherent width, F_h inherent raw features, J cross features, S short window,
+D = A*d_k + A*d_v cached projection width.
+
+* `project_items(item_raw [N, F_h]) -> [N, D]`: what the projector job caches per item:
+  [K_h W^h (A*d_k) | K_h W^v_h (A*d_v)]. Caching the inherent half of the values is our addition
+  (the paper caches keys only): K W^v = K_h W^v_h + K_c W^v_c, so only the cross half is computed online.
+* `forward(TrainBatch) -> logits [B]`: training, from raw features. The full-sequence alpha that
+  drives the hard top-k runs without gradients; the selected behaviors are re-projected with
+  gradients through the SAME functions, so gradients reach every parameter via the ESU.
+* `score(ServeBatch) -> ServeOutput`: serving, from gathered cached projections; also split as
+  `select` (GSU) + `finish` (ESU and tower) so the engine can time the two stages.
+
+Example: B=1 user, L=10_000 behaviors, C=100 candidates, A=4, d_k=16, k=100:
+  alpha [1, 4, 100, 10_000] -> round-robin union -> positions [1, 100, 100] -> ESU -> scores [1, 100].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .attention import attention_logits, cross_bias, esu_pool, masked_softmax, recent_topk, round_robin_topk
+from .config import TwinConfig
+from .features import FeatureGroupEmbedding, context_raw, cross_ids
+
+
+@dataclass
+class TrainBatch:
+    target: torch.Tensor      # [B, F_h] int64 raw inherent values of the target item
+    seq_items: torch.Tensor   # [B, L, F_h] int64 raw inherent values of the behaviors, newest first
+    seq_cross: torch.Tensor   # [B, L, J_s] float32 stored cross values
+    seq_ts: torch.Tensor      # [B, L] int64 ms
+    seq_mask: torch.Tensor    # [B, L] bool, True = real behavior
+    now: torch.Tensor         # [B] int64 ms request time
+    hist_len: torch.Tensor    # [B] int64 full history length (may exceed L)
+    label: torch.Tensor | None = None  # [B] float32
+
+    def to(self, device: torch.device) -> "TrainBatch":
+        return TrainBatch(**{k: (v.to(device) if v is not None else None) for k, v in self.__dict__.items()})
+
+
+@dataclass
+class ServeBatch:
+    seq_proj: torch.Tensor      # [B, L, D] float16/32 cached projections of the behaviors, newest first
+    seq_cross: torch.Tensor     # [B, L, J_s] float32
+    seq_ts: torch.Tensor        # [B, L] int64
+    seq_mask: torch.Tensor      # [B, L] bool
+    recent_items: torch.Tensor  # [B, S, F_h] int64 raw inherent values of the S = min(short_len, L) newest
+    cand: torch.Tensor          # [B, C, F_h] int64 raw inherent values of the candidates
+    cand_mask: torch.Tensor     # [B, C] bool
+    now: torch.Tensor           # [B] int64
+    hist_len: torch.Tensor      # [B] int64
+
+
+@dataclass
+class Explain:
+    positions: torch.Tensor   # [B, C, k] int64 index into the newest-first sequence, -1 = none
+    weight: torch.Tensor      # [B, C, A, k] softmax weight per head
+    alpha_proj: torch.Tensor  # [B, C, A, k] projection term of alpha
+    alpha_bias: torch.Tensor  # [B, C, A, k] cross bias term of alpha
+
+
+@dataclass
+class ServeOutput:
+    scores: torch.Tensor  # [B, C] CTR
+    logits: torch.Tensor  # [B, C]
+    explain: Explain | None = None
+
+
+@dataclass
+class GsuResult:
+    """What CP-GSU hands to the ESU stage in serving."""
+
+    positions: torch.Tensor  # [B, C, k]
+    valid: torch.Tensor      # [B, C, k]
+    proj_sel: torch.Tensor   # [B, C, A, k] projection term at the selected positions
+    bias_sel: torch.Tensor   # [B, C, A, k] cross bias at the selected positions
+    q_emb: torch.Tensor      # [B, C, H] candidate inherent embeddings (reused by the tower)
+    cross_emb: list[torch.Tensor]  # J tensors [B, L, e_j]
+
+
+def _gather_seq(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x [B, L, ...] gathered at positions [B, C, k] (-1 allowed) -> [B, C, k, ...]"""
+    B, C, k = positions.shape
+    idx = positions.clamp_min(0).reshape(B, C * k)  # [B, C*k]
+    out = x[torch.arange(B, device=x.device)[:, None], idx]  # [B, C*k, ...]
+    return out.reshape(B, C, k, *x.shape[2:])
+
+
+class TwinCTR(nn.Module):
+    def __init__(self, cfg: TwinConfig):
+        super().__init__()
+        self.cfg = cfg
+        s = cfg.schema
+        A, dk, dv, H = cfg.n_heads, cfg.d_k, cfg.d_v, s.inherent_dim
+        cx = s.cross_dim
+        self.inherent_emb = FeatureGroupEmbedding(s.inherent)
+        self.cross_emb = FeatureGroupEmbedding(s.cross)
+        self.context_emb = FeatureGroupEmbedding(s.context) if s.context else None
+        # W^h and W^v_h in one matrix: the projector caches both halves per item.
+        self.w_item = nn.Linear(H, A * (dk + dv), bias=False)
+        self.w_q = nn.Linear(H, A * dk, bias=False)
+        self.w_v_cross = nn.Linear(cx, A * dv, bias=False)  # W^v_c
+        self.w_c = nn.Parameter(torch.randn(A, cx) * 0.1)   # blocks w^c_{a,j}
+        self.beta = nn.Parameter(torch.ones(A, len(s.cross)))
+        self.w_o = nn.Linear(A * dv, cfg.d_out)
+        # Short-term module: single-head target attention over the S newest behaviors (full K).
+        self.st_q = nn.Linear(H, cfg.d_out, bias=False)
+        self.st_k = nn.Linear(H + cx, cfg.d_out, bias=False)
+        self.st_v = nn.Linear(H + cx, cfg.d_out, bias=False)
+        ctx_dim = sum(f.dim for f in s.context)
+        dims = [H + 2 * cfg.d_out + ctx_dim, *cfg.mlp_dims]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(dims[-1], 1))
+        self.tower = nn.Sequential(*layers)
+
+    # ---- pieces shared by both entry points -------------------------------------------------
+    @property
+    def proj_dim(self) -> int:
+        return self.cfg.proj_dim
+
+    def project_items(self, item_raw: torch.Tensor) -> torch.Tensor:
+        """item_raw [..., F_h] int64 -> [..., D] = [K_h W^h | K_h W^v_h] (the projector's function)."""
+        return self.w_item(self.inherent_emb(item_raw))
+
+    def _split_proj(self, proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """proj [..., D] -> keys [..., A, d_k], inherent values [..., A, d_v]"""
+        A, dk, dv = self.cfg.n_heads, self.cfg.d_k, self.cfg.d_v
+        keys, vals = proj.split([A * dk, A * dv], dim=-1)
+        return keys.unflatten(-1, (A, dk)), vals.unflatten(-1, (A, dv))
+
+    def _queries(self, cand_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cand_raw [B, C, F_h] -> q_emb [B, C, H], queries [B, C, A, d_k]"""
+        q_emb = self.inherent_emb(cand_raw)
+        return q_emb, self.w_q(q_emb).unflatten(-1, (self.cfg.n_heads, self.cfg.d_k))
+
+    def _cross(self, seq_cross, seq_ts, now) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """-> J cross embeddings [B, n, e_j] and the cross bias [B, n, A] (zeros when ablated)."""
+        parts = self.cross_emb.parts(cross_ids(self.cfg.schema, seq_cross, seq_ts, now))
+        bias = cross_bias(parts, self.w_c, self.beta)  # [B, n, A]
+        if not self.cfg.cross_bias:
+            bias = torch.zeros_like(bias)
+        return parts, bias
+
+    def _full_alpha(self, keys: torch.Tensor, queries: torch.Tensor, bias: torch.Tensor, seq_mask: torch.Tensor):
+        """keys [B, L, A, d_k], queries [B, C, A, d_k], bias [B, L, A], seq_mask [B, L]
+        -> proj term and alpha, both [B, A, C, L] (alpha is -inf at padding)."""
+        proj = attention_logits(keys.transpose(1, 2), queries.transpose(1, 2), None)  # [B, A, C, L]
+        alpha = proj + bias.permute(0, 2, 1)[:, :, None, :]  # bias [B, A, 1, L]
+        return proj, alpha.masked_fill(~seq_mask[:, None, None, :], float("-inf"))
+
+    def _select(self, alpha: torch.Tensor, seq_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha [B, A, C, L] -> positions, valid [B, C, k]"""
+        if self.cfg.gsu == "recent":
+            return recent_topk(seq_mask, alpha.shape[2], self.cfg.top_k)
+        return round_robin_topk(alpha, self.cfg.top_k)
+
+    def _short_term(self, q_emb, recent_emb, recent_mask) -> torch.Tensor:
+        """q_emb [B, C, H], recent_emb [B, S, H+Cx], recent_mask [B, S] -> [B, C, d_out]"""
+        q = self.st_q(q_emb)  # [B, C, d]
+        k, v = self.st_k(recent_emb), self.st_v(recent_emb)  # [B, S, d]
+        att = attention_logits(k[:, None], q[:, :, None, :], None).squeeze(-2)  # [B, C, S]
+        w = masked_softmax(att, recent_mask[:, None, :])
+        return torch.einsum("bcs,bsd->bcd", w, v)
+
+    def _tower(self, q_emb, twin_heads, short, now, hist_len) -> torch.Tensor:
+        """-> logits [B, C]"""
+        parts = [q_emb, self.w_o(twin_heads), short]
+        if self.context_emb is not None:
+            ctx = self.context_emb(context_raw(self.cfg.schema, now, hist_len))  # [B, ctx]
+            parts.append(ctx[:, None, :].expand(-1, q_emb.shape[1], -1))
+        return self.tower(torch.cat(parts, dim=-1)).squeeze(-1)
+
+    def _values(self, vals_inh_sel: torch.Tensor, cross_sel: list[torch.Tensor]) -> torch.Tensor:
+        """inherent values [B, C, k, A, d_v] + cross part -> full K W^v [B, C, k, A, d_v]"""
+        v_cross = self.w_v_cross(torch.cat(cross_sel, dim=-1))  # [B, C, k, A*d_v]
+        return vals_inh_sel + v_cross.unflatten(-1, (self.cfg.n_heads, self.cfg.d_v))
+
+    # ---- training path ------------------------------------------------------------------------
+    def forward(self, b: TrainBatch) -> torch.Tensor:
+        """-> logits [B] (one target per sample, C = 1)."""
+        S = self.cfg.short_len
+        q_emb, queries = self._queries(b.target[:, None, :])  # [B, 1, H], [B, 1, A, d_k]
+        cross_parts, bias = self._cross(b.seq_cross, b.seq_ts, b.now)  # J x [B, L, e], [B, L, A]
+        with torch.no_grad():  # the hard top-k needs alpha over all L, but no gradient through it
+            keys_all, _ = self._split_proj(self.project_items(b.seq_items))
+            _, alpha = self._full_alpha(keys_all, queries, bias, b.seq_mask)
+            positions, valid = self._select(alpha, b.seq_mask)  # [B, 1, k]
+        # Re-project only the selected behaviors, with gradients, through the same functions.
+        keys_sel, vals_sel = self._split_proj(self.project_items(_gather_seq(b.seq_items, positions)))
+        bias_sel = _gather_seq(bias, positions).permute(0, 1, 3, 2)  # [B, 1, A, k]
+        alpha_sel = attention_logits(
+            keys_sel.permute(0, 1, 3, 2, 4),  # [B, 1, A, k, d_k]
+            queries[:, :, :, None, :],        # [B, 1, A, 1, d_k]
+            bias_sel[:, :, :, None, :],       # [B, 1, A, 1, k]
+        ).squeeze(-2)  # [B, 1, A, k]
+        cross_sel = [_gather_seq(p, positions) for p in cross_parts]  # J x [B, 1, k, e]
+        _, heads = esu_pool(alpha_sel, self._values(vals_sel, cross_sel), valid)
+        recent = torch.cat([self.inherent_emb(b.seq_items[:, :S]), *[p[:, :S] for p in cross_parts]], dim=-1)
+        short = self._short_term(q_emb, recent, b.seq_mask[:, :S])
+        return self._tower(q_emb, heads, short, b.now, b.hist_len).squeeze(-1)
+
+    @torch.no_grad()
+    def gsu_consistency(self, b: TrainBatch, oracle_k: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+        """Paper Fig. 4: the oracle is the model's own ESU run over the FULL sequence; its top
+        `oracle_k` behaviors (by attention weight summed over heads) vs the CP-GSU selection.
+
+        -> hits [B] (oracle behaviors the GSU retrieved), oracle_size [B] (min(oracle_k, valid L)).
+        """
+        _, queries = self._queries(b.target[:, None, :])
+        _, bias = self._cross(b.seq_cross, b.seq_ts, b.now)
+        keys_all, _ = self._split_proj(self.project_items(b.seq_items))
+        _, alpha = self._full_alpha(keys_all, queries, bias, b.seq_mask)  # [B, A, 1, L]
+        positions, valid = self._select(alpha, b.seq_mask)  # [B, 1, k]
+        weight = masked_softmax(alpha, b.seq_mask[:, None, None, :]).sum(1)[:, 0]  # [B, L]
+        kk = min(oracle_k, weight.shape[-1])
+        oracle = weight.masked_fill(~b.seq_mask, -1.0).topk(kk, dim=-1).indices  # [B, kk]
+        oracle_size = b.seq_mask.sum(-1).clamp_max(kk)
+        in_oracle = torch.zeros_like(b.seq_mask)
+        in_oracle.scatter_(1, oracle, True)
+        in_oracle &= b.seq_mask
+        sel = positions[:, 0].clamp_min(0)
+        hits = (in_oracle.gather(1, sel) & valid[:, 0]).sum(-1)
+        return hits, oracle_size
+
+    # ---- serving path -------------------------------------------------------------------------
+    def select(self, b: ServeBatch) -> GsuResult:
+        """CP-GSU from cached projections: alpha over all L, round-robin top-k."""
+        q_emb, queries = self._queries(b.cand)  # [B, C, H], [B, C, A, d_k]
+        cross_parts, bias = self._cross(b.seq_cross, b.seq_ts, b.now)
+        keys, _ = self._split_proj(b.seq_proj.to(queries.dtype))  # [B, L, A, d_k]
+        proj, alpha = self._full_alpha(keys, queries, bias, b.seq_mask)  # [B, A, C, L]
+        positions, valid = self._select(alpha, b.seq_mask)
+        idx = positions.clamp_min(0)[:, None].expand(-1, self.cfg.n_heads, -1, -1)  # [B, A, C, k]
+        proj_sel = proj.gather(-1, idx).transpose(1, 2)  # [B, C, A, k]
+        bias_sel = _gather_seq(bias, positions).permute(0, 1, 3, 2)  # [B, C, A, k]
+        return GsuResult(positions, valid, proj_sel, bias_sel, q_emb, cross_parts)
+
+    def finish(self, b: ServeBatch, g: GsuResult, explain: bool = False) -> ServeOutput:
+        """ESU over the selected behaviors, short-term module and tower."""
+        _, vals_inh = self._split_proj(_gather_seq(b.seq_proj, g.positions).to(g.q_emb.dtype))
+        cross_sel = [_gather_seq(p, g.positions) for p in g.cross_emb]
+        weights, heads = esu_pool(g.proj_sel + g.bias_sel, self._values(vals_inh, cross_sel), g.valid)
+        S = b.recent_items.shape[1]  # min(short_len, L)
+        recent_cross = [p[:, :S] for p in g.cross_emb]
+        recent = torch.cat([self.inherent_emb(b.recent_items), *recent_cross], dim=-1)  # [B, S, H+Cx]
+        recent_mask = b.seq_mask[:, :S]
+        short = self._short_term(g.q_emb, recent, recent_mask)
+        logits = self._tower(g.q_emb, heads, short, b.now, b.hist_len).masked_fill(~b.cand_mask, 0.0)
+        ex = Explain(g.positions, weights, g.proj_sel, g.bias_sel) if explain else None
+        return ServeOutput(torch.sigmoid(logits), logits, ex)
+
+    def score(self, b: ServeBatch, explain: bool = False) -> ServeOutput:
+        return self.finish(b, self.select(b), explain)
