@@ -72,7 +72,7 @@ def test_explain_positions_are_the_round_robin_topk_of_alpha():
         _, queries = model._queries(b.cand)
         _, bias = model._cross(b.seq_cross, b.seq_ts, b.now)
         keys, _ = model._split_proj(b.seq_proj)
-        _, alpha = model._full_alpha(keys, queries, bias, b.seq_mask)
+        alpha = model._full_alpha(keys, queries, bias, b.seq_mask)
     want, _ = round_robin_topk(alpha, model.cfg.top_k)
     assert torch.equal(out.explain.positions, want)
     # the weight is the softmax of alpha_proj + alpha_bias over the selected behaviors

@@ -21,11 +21,23 @@ def attention_logits(keys: torch.Tensor, queries: torch.Tensor, bias: torch.Tens
 
     keys    [..., n, d_k]  cached key projections P_a = K_h W^h_a (any leading batch dims)
     queries [..., m, d_k]  q W^q_a of the targets
-    bias    [..., 1, n]    cross bias b_a (or None: the ablation without it)
+    bias    [..., 1, n]    cross bias b_a (or None: no bias); -inf marks padded behaviors
     returns [..., m, n]    alpha_a = P_a (q W^q_a)^T / sqrt(d_k) + b_a
+    With a bias the leading dims of keys, queries and bias must agree; the scale and the bias are
+    fused into one baddbmm so the [.., m, n] tensor (4M entries at W1) is written once.
     """
-    logits = torch.matmul(queries, keys.transpose(-1, -2)) / math.sqrt(keys.shape[-1])
-    return logits if bias is None else logits + bias
+    d_k = keys.shape[-1]
+    scale = 1.0 / math.sqrt(d_k)
+    if bias is None:
+        return torch.matmul(queries, keys.transpose(-1, -2)) * scale
+    lead, m, n = queries.shape[:-2], queries.shape[-2], keys.shape[-2]
+    out = torch.baddbmm(
+        bias.reshape(-1, 1, n),                     # [X, 1, n] broadcast over the m queries
+        queries.reshape(-1, m, d_k),                # [X, m, d_k]
+        keys.transpose(-1, -2).reshape(-1, d_k, n),  # [X, d_k, n]
+        alpha=scale,
+    )
+    return out.view(*lead, m, n)
 
 
 def cross_bias(cross_parts: list[torch.Tensor], w_c: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -49,21 +61,25 @@ def cross_bias(cross_parts: list[torch.Tensor], w_c: torch.Tensor, beta: torch.T
 def _topk_by_value_then_position(alpha: torch.Tensor, kk: int) -> torch.Tensor:
     """Indices of the kk largest entries of the last dim, ordered by value desc then position asc.
 
-    alpha [..., L] -> [..., kk]. torch.topk does not define which of tied values it keeps, so rows
-    whose kk-th value is tied with an unselected entry are redone with a stable full sort.
+    alpha [..., L] -> [..., kk]. torch.topk does not define which of tied values it keeps, so one
+    extra rank is fetched: if the (kk+1)-th value equals the kk-th, a tie straddles the cut and
+    those rows are redone with a stable full sort (rare with real-valued alpha).
     """
-    vals, idx = torch.topk(alpha, kk, dim=-1)  # [..., kk]
+    L = alpha.shape[-1]
+    fetch = min(kk + 1, L)
+    vals, idx = torch.topk(alpha, fetch, dim=-1)  # [..., fetch], values descending
+    if fetch > kk:
+        straddles = vals[..., kk] == vals[..., kk - 1]  # [...]
+        vals, idx = vals[..., :kk], idx[..., :kk]
+    else:
+        straddles = None
     # Order the kept ones: stable sort by position, then stable sort by value (descending).
     pos_order = idx.sort(dim=-1, stable=True).indices
     idx, vals = idx.gather(-1, pos_order), vals.gather(-1, pos_order)
-    val_order = vals.sort(dim=-1, descending=True, stable=True).indices
-    idx = idx.gather(-1, val_order)
-    kth = vals.min(dim=-1, keepdim=True).values  # [..., 1]
-    straddles = (alpha == kth).sum(-1) != (vals == kth).sum(-1)  # [...]
-    if bool(straddles.any()):
-        full = alpha[straddles].sort(dim=-1, descending=True, stable=True).indices[..., :kk]
+    idx = idx.gather(-1, vals.sort(dim=-1, descending=True, stable=True).indices)
+    if straddles is not None and bool(straddles.any()):
         idx = idx.clone()
-        idx[straddles] = full
+        idx[straddles] = alpha[straddles].sort(dim=-1, descending=True, stable=True).indices[..., :kk]
     return idx
 
 

@@ -77,7 +77,7 @@ class GsuResult:
 
     positions: torch.Tensor  # [B, C, k]
     valid: torch.Tensor      # [B, C, k]
-    proj_sel: torch.Tensor   # [B, C, A, k] projection term at the selected positions
+    alpha_sel: torch.Tensor  # [B, C, A, k] alpha at the selected positions
     bias_sel: torch.Tensor   # [B, C, A, k] cross bias at the selected positions
     q_emb: torch.Tensor      # [B, C, H] candidate inherent embeddings (reused by the tower)
     cross_emb: list[torch.Tensor]  # J tensors [B, L, e_j]
@@ -150,10 +150,9 @@ class TwinCTR(nn.Module):
 
     def _full_alpha(self, keys: torch.Tensor, queries: torch.Tensor, bias: torch.Tensor, seq_mask: torch.Tensor):
         """keys [B, L, A, d_k], queries [B, C, A, d_k], bias [B, L, A], seq_mask [B, L]
-        -> proj term and alpha, both [B, A, C, L] (alpha is -inf at padding)."""
-        proj = attention_logits(keys.transpose(1, 2), queries.transpose(1, 2), None)  # [B, A, C, L]
-        alpha = proj + bias.permute(0, 2, 1)[:, :, None, :]  # bias [B, A, 1, L]
-        return proj, alpha.masked_fill(~seq_mask[:, None, None, :], float("-inf"))
+        -> alpha [B, A, C, L], -inf at padding (the mask rides in the bias, so one pass writes alpha)."""
+        bias_m = bias.masked_fill(~seq_mask[:, :, None], float("-inf")).permute(0, 2, 1)  # [B, A, L]
+        return attention_logits(keys.transpose(1, 2), queries.transpose(1, 2), bias_m[:, :, None, :])
 
     def _select(self, alpha: torch.Tensor, seq_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """alpha [B, A, C, L] -> positions, valid [B, C, k]"""
@@ -190,7 +189,7 @@ class TwinCTR(nn.Module):
         cross_parts, bias = self._cross(b.seq_cross, b.seq_ts, b.now)  # J x [B, L, e], [B, L, A]
         with torch.no_grad():  # the hard top-k needs alpha over all L, but no gradient through it
             keys_all, _ = self._split_proj(self.project_items(b.seq_items))
-            _, alpha = self._full_alpha(keys_all, queries, bias, b.seq_mask)
+            alpha = self._full_alpha(keys_all, queries, bias, b.seq_mask)
             positions, valid = self._select(alpha, b.seq_mask)  # [B, 1, k]
         # Re-project only the selected behaviors, with gradients, through the same functions.
         keys_sel, vals_sel = self._split_proj(self.project_items(_gather_seq(b.seq_items, positions)))
@@ -216,7 +215,7 @@ class TwinCTR(nn.Module):
         _, queries = self._queries(b.target[:, None, :])
         _, bias = self._cross(b.seq_cross, b.seq_ts, b.now)
         keys_all, _ = self._split_proj(self.project_items(b.seq_items))
-        _, alpha = self._full_alpha(keys_all, queries, bias, b.seq_mask)  # [B, A, 1, L]
+        alpha = self._full_alpha(keys_all, queries, bias, b.seq_mask)  # [B, A, 1, L]
         positions, valid = self._select(alpha, b.seq_mask)  # [B, 1, k]
         weight = masked_softmax(alpha, b.seq_mask[:, None, None, :]).sum(1)[:, 0]  # [B, L]
         kk = min(oracle_k, weight.shape[-1])
@@ -235,25 +234,29 @@ class TwinCTR(nn.Module):
         q_emb, queries = self._queries(b.cand)  # [B, C, H], [B, C, A, d_k]
         cross_parts, bias = self._cross(b.seq_cross, b.seq_ts, b.now)
         keys, _ = self._split_proj(b.seq_proj.to(queries.dtype))  # [B, L, A, d_k]
-        proj, alpha = self._full_alpha(keys, queries, bias, b.seq_mask)  # [B, A, C, L]
+        alpha = self._full_alpha(keys, queries, bias, b.seq_mask)  # [B, A, C, L]
         positions, valid = self._select(alpha, b.seq_mask)
         idx = positions.clamp_min(0)[:, None].expand(-1, self.cfg.n_heads, -1, -1)  # [B, A, C, k]
-        proj_sel = proj.gather(-1, idx).transpose(1, 2)  # [B, C, A, k]
+        alpha_sel = alpha.gather(-1, idx).transpose(1, 2)  # [B, C, A, k]
         bias_sel = _gather_seq(bias, positions).permute(0, 1, 3, 2)  # [B, C, A, k]
-        return GsuResult(positions, valid, proj_sel, bias_sel, q_emb, cross_parts)
+        return GsuResult(positions, valid, alpha_sel, bias_sel, q_emb, cross_parts)
 
     def finish(self, b: ServeBatch, g: GsuResult, explain: bool = False) -> ServeOutput:
         """ESU over the selected behaviors, short-term module and tower."""
         _, vals_inh = self._split_proj(_gather_seq(b.seq_proj, g.positions).to(g.q_emb.dtype))
         cross_sel = [_gather_seq(p, g.positions) for p in g.cross_emb]
-        weights, heads = esu_pool(g.proj_sel + g.bias_sel, self._values(vals_inh, cross_sel), g.valid)
+        weights, heads = esu_pool(g.alpha_sel, self._values(vals_inh, cross_sel), g.valid)
         S = b.recent_items.shape[1]  # min(short_len, L)
         recent_cross = [p[:, :S] for p in g.cross_emb]
         recent = torch.cat([self.inherent_emb(b.recent_items), *recent_cross], dim=-1)  # [B, S, H+Cx]
         recent_mask = b.seq_mask[:, :S]
         short = self._short_term(g.q_emb, recent, recent_mask)
         logits = self._tower(g.q_emb, heads, short, b.now, b.hist_len).masked_fill(~b.cand_mask, 0.0)
-        ex = Explain(g.positions, weights, g.proj_sel, g.bias_sel) if explain else None
+        ex = None
+        if explain:  # the projection term is alpha minus the bias; 0 where nothing was selected
+            keep = g.valid[:, :, None, :]
+            ex = Explain(g.positions, weights, (g.alpha_sel - g.bias_sel).masked_fill(~keep, 0.0),
+                         g.bias_sel.masked_fill(~keep, 0.0))
         return ServeOutput(torch.sigmoid(logits), logits, ex)
 
     def score(self, b: ServeBatch, explain: bool = False) -> ServeOutput:
