@@ -1,0 +1,233 @@
+"""Service benchmark, workload W1 (L = 10,000 behaviors, 100 candidates, k = 100, 4 heads).
+
+One run measures, on the same data:
+  * bare forward: `model.score` on the exact tensors one request produces (B = 1), no I/O;
+  * the full HTTP path: a real `python -m service` (uvicorn, uvloop, httptools) on loopback, with
+    Redis reads, the local projection cache, micro-batching and JSON, at concurrency 1, 8 and 32.
+The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams (pre-encoded
+requests), so the client steals as little CPU as possible from the server on a small machine.
+
+    python -m bench.bench_service [--quick]        # uses $REDIS_URL if set, else an embedded Redis
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cache.behavior_store import BehaviorBlock, BehaviorStore
+from cache.catalog_store import CatalogStore
+from cache.connection import open_redis
+from cache.layout import Keys
+from cache.projection_store import ProjectionStore
+from model_store.registry import ModelRegistry
+from service.seeding import load_catalog, load_histories, project
+from training.schemas import synthetic_schema
+from twin.config import TwinConfig
+from twin.model import ServeBatch, TwinCTR
+
+L, C, K, HEADS = 10_000, 100, 100, 4
+N_ITEMS, N_AUTHORS, N_CATS = 200_000, 20_000, 200
+N_USERS = 64
+NOW = 1_764_400_000_000
+
+
+def w1_model() -> TwinCTR:
+    torch.manual_seed(0)
+    cfg = TwinConfig(schema=synthetic_schema(N_ITEMS, N_AUTHORS, N_CATS), n_heads=HEADS, top_k=K, max_len=L)
+    return TwinCTR(cfg).eval()
+
+
+def items(ids: np.ndarray) -> np.ndarray:
+    return np.stack([ids, ids % N_AUTHORS, ids % N_CATS, (ids * 7) % 1800 + 1], axis=1).astype(np.int64)
+
+
+def user_block(uid: int) -> BehaviorBlock:
+    g = np.random.default_rng(uid)
+    ts = NOW - np.sort(g.integers(60_000, 10**11, L))
+    cross = np.stack([g.random(L, dtype=np.float32), (g.random(L) > 0.7).astype(np.float32)], 1)
+    return BehaviorBlock(item_id=g.zipf(1.1, L).astype(np.int64) % N_ITEMS, ts=ts.astype(np.int64), cross=cross, total=L)
+
+
+def candidates(uid: int) -> list[int]:
+    return np.random.default_rng(10_000 + uid).integers(0, N_ITEMS, C).tolist()
+
+
+async def seed(url: str, keys: Keys, model: TwinCTR, version: str) -> None:
+    h = await open_redis(url)
+    try:
+        ids = np.arange(N_ITEMS, dtype=np.int64)
+        await load_catalog(h.client, keys, ids, items(ids))
+        await load_histories(h.client, keys, 2, list(range(N_USERS)), [user_block(u) for u in range(N_USERS)])
+        await project(h.client, keys, model, version, 4)
+    finally:
+        await h.aclose()
+
+
+async def bare_batch(url: str, keys: Keys, model: TwinCTR, version: str, uid: int) -> ServeBatch:
+    """The tensors the service builds for one request (B = 1), read from the same Redis."""
+    h = await open_redis(url)
+    try:
+        block = (await BehaviorStore(h.client, keys, 2).read_newest([uid], L))[0]
+        proj, _ = await ProjectionStore(h.client, keys, version, model.proj_dim).get(block.item_id)
+        recent, _ = await CatalogStore(h.client, keys, 4).get(block.item_id[:model.cfg.short_len])
+    finally:
+        await h.aclose()
+    t = torch.from_numpy
+    return ServeBatch(seq_proj=t(proj.astype(np.float32))[None], seq_cross=t(block.cross)[None],
+                      seq_ts=t(block.ts)[None], seq_mask=torch.ones(1, L, dtype=torch.bool),
+                      recent_items=t(recent)[None], cand=t(items(np.array(candidates(uid))))[None],
+                      cand_mask=torch.ones(1, C, dtype=torch.bool), now=torch.tensor([NOW]), hist_len=torch.tensor([L]))
+
+
+def time_bare(model: TwinCTR, batch: ServeBatch, n: int) -> list[float]:
+    with torch.inference_mode():
+        for _ in range(5):
+            model.score(batch)
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            model.score(batch)
+            out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+# ---- a minimal HTTP/1.1 keep-alive client -------------------------------------------------------
+def request_bytes(port: int, uid: int) -> bytes:
+    body = json.dumps({"user_id": uid, "candidates": [{"item_id": c} for c in candidates(uid)],
+                       "context": {"ts": NOW}}).encode()
+    head = (f"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def call(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes) -> tuple[int, bytes]:
+    writer.write(req)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    return status, await reader.readexactly(length)
+
+
+async def load(port: int, conc: int, seconds: float, reqs: list[bytes]) -> tuple[list[float], float, int, dict]:
+    lat: list[float] = []
+    stages: dict[str, list[float]] = {}
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(w: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = w
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            status, body = await call(reader, writer, reqs[i % len(reqs)])
+            lat.append((time.perf_counter() - t0) * 1e3)
+            errors += status != 200
+            if status == 200:
+                for k, v in json.loads(body)["timings_ms"].items():
+                    stages.setdefault(k, []).append(v)
+            i += conc
+        writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(conc)))
+    return lat, time.perf_counter() - t0, errors, {k: pct(v, 50) for k, v in stages.items()}
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_ready(port: int, timeout: float = 300.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(f"GET /health/ready HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            status, _ = await call(r, w, b"")
+            w.close()
+            if status == 200:
+                return
+        except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration):
+            pass
+        await asyncio.sleep(0.5)
+    raise TimeoutError("service did not become ready")
+
+
+async def bench(quick: bool) -> None:
+    from cache.connection import EmbeddedRedis
+
+    emb = None
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        emb = EmbeddedRedis()
+        url = f"unix://{emb.socket_path}"
+    keys = Keys(prefix=f"bench{os.getpid()}")
+    tmp = Path(tempfile.mkdtemp(prefix="twin-bench-"))
+    proc = None
+    try:
+        model = w1_model()
+        reg = ModelRegistry(tmp / "models")
+        version = reg.publish(model, metrics={}, data_fingerprint="bench-w1")
+        reg.activate(version)
+        t0 = time.perf_counter()
+        await seed(url, keys, model, version)
+        print(f"seeded {N_ITEMS:,} items, {N_USERS} users x {L:,} behaviors, projections in "
+              f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        batch = await bare_batch(url, keys, model, version, 0)
+        bare = time_bare(model, batch, 30 if quick else 200)
+        port = free_port()
+        env = {**os.environ, "REDIS_URL": url, "TWIN_REDIS_PREFIX": keys.prefix, "TWIN_MODEL_ROOT": str(tmp / "models"),
+               "TWIN_PORT": str(port), "TWIN_DEVICE": "cpu", "TWIN_MAX_CANDIDATES": "128",
+               "TWIN_EMBEDDED_REDIS_DIR": "", "TWIN_DEADLINE_MS": "10000"}
+        proc = subprocess.Popen([sys.executable, "-m", "service", "--log-level", "warning"], env=env)
+        await wait_ready(port)
+        reqs = [request_bytes(port, u) for u in range(N_USERS)]
+        await load(port, 4, 2.0, reqs)  # warm the local cache and the connection paths
+        rows = []
+        for conc in (1, 8, 32):
+            lat, secs, errors, stages = await load(port, conc, 4.0 if quick else 15.0, reqs)
+            rows.append((conc, pct(lat, 50), pct(lat, 99), len(lat) / secs, errors, len(lat), stages))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        if emb is not None:
+            emb.stop()
+    b50, b99 = pct(bare, 50), pct(bare, 99)
+    print(f"\n### W1 (L={L:,}, C={C}, k={K}, {HEADS} heads), {torch.get_num_threads()} torch threads, CPU\n")
+    print(f"bare forward `model.score` (B=1): p50 {b50:.2f} ms, p99 {b99:.2f} ms, {1e3 / b50:.1f} req/s\n")
+    print("| concurrency | HTTP p50 ms | HTTP p99 ms | req/s | HTTP p50 / bare p50 | errors | requests "
+          "| server p50 ms: queue / fetch / gsu / esu / total |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|")
+    for conc, p50, p99, rps, errors, n, st in rows:
+        split = " / ".join(f"{st.get(k, float('nan')):.1f}" for k in ("queue", "fetch", "gsu", "esu", "total"))
+        print(f"| {conc} | {p50:.2f} | {p99:.2f} | {rps:.1f} | {p50 / b50:.2f}x | {errors} | {n} | {split} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short runs (CI smoke)")
+    args = ap.parse_args()
+    asyncio.run(bench(args.quick))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""HTTP layer: pydantic schemas, dependencies and one router per resource."""

@@ -1,0 +1,20 @@
+from fastapi import APIRouter
+
+from service import scoring
+from service.api.deps import CtxDep, DeadlineDep
+from service.api.schemas import ScoreRequest, ScoreResponse
+
+router = APIRouter(prefix="/v1", tags=["score"])
+
+_ERRORS = {413: {"description": "Body over max_body_bytes"}, 429: {"description": "Queue full; see Retry-After"},
+           503: {"description": "No model serving"}, 504: {"description": "Deadline passed"}}
+
+
+@router.post("/score", response_model=ScoreResponse, response_model_exclude_none=True, responses=_ERRORS)
+async def score(body: ScoreRequest, ctx: CtxDep, deadline: DeadlineDep) -> ScoreResponse:
+    """One CTR per candidate for the user, with the model version that produced them.
+
+    Unknown users are scored with an empty history (`degraded`, reason `unknown_user`); when Redis
+    is unreachable the answer comes from what the process holds (`redis_unavailable`).
+    """
+    return await scoring.score(ctx, body, deadline)

@@ -1,0 +1,129 @@
+"""Request and response bodies of API v1 (DESIGN.md sec. 6). The OpenAPI document is generated from
+these; per-deployment limits (candidates / events per request) are settings, checked in the handlers
+and written into the document by `service.app.custom_openapi`.
+
+Ids and times are strict integers in [0, 2^63): 1.5, "7", true or 2**63 are refused with a 422 that
+names the field. Floats must be finite (NaN / Infinity are refused).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+
+MAX_ID = 2**63 - 1
+Id = Annotated[StrictInt, Field(ge=0, le=MAX_ID, description="Integer id in [0, 2^63).")]
+TimeMs = Annotated[StrictInt, Field(ge=0, le=MAX_ID, description="Unix time in milliseconds.")]
+FeatureValue = Annotated[StrictInt, Field(ge=0, le=MAX_ID, description="Raw integer value (id, seconds, ...).")]
+
+
+def _number_only(v: Any) -> Any:
+    if isinstance(v, (str, bool)) or v is None:  # JSON numbers only; a float field would coerce "0.5"/true
+        raise ValueError("Input should be a finite number")
+    return v
+
+
+CrossValue = Annotated[float, BeforeValidator(_number_only), Field(allow_inf_nan=False, description="Finite number.")]
+FeatureName = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Candidate(_Strict):
+    item_id: Id
+    features: dict[FeatureName, FeatureValue] | None = Field(
+        None,
+        max_length=64,
+        description="Inherent features of the item by name (the active model's schema, GET /v1/models). "
+        "They override the catalog; an item missing from the catalog needs them.",
+    )
+
+
+class Context(_Strict):
+    ts: TimeMs | None = Field(None, description="Request time (ms); defaults to now.")
+
+
+class ScoreRequest(_Strict):
+    user_id: Id
+    candidates: list[Candidate] = Field(min_length=1, description="Items to score, at most max_candidates.")
+    context: Context | None = None
+    explain: StrictBool = Field(False, description="Return the behaviors CP-GSU selected per candidate.")
+
+
+class Timings(BaseModel):
+    queue: float = Field(description="Waiting for the inference thread.")
+    fetch: float = Field(description="Redis reads: behaviors, catalog rows, projections.")
+    gsu: float = Field(description="Padding, host->device copies and CP-GSU (alpha over L, top-k).")
+    esu: float = Field(description="ESU attention over the k selected, short-term module and tower.")
+    total: float = Field(description="Handler start to response body.")
+
+
+class SelectedBehavior(BaseModel):
+    position: int = Field(description="Index in the user's newest-first behavior sequence.")
+    item_id: int
+    ts: int
+    weight: list[float] = Field(description="ESU softmax weight per head.")
+    alpha_proj: list[float] = Field(description="Projection term of alpha per head.")
+    alpha_bias: list[float] = Field(description="Cross-feature bias term of alpha per head.")
+
+
+class CandidateExplain(BaseModel):
+    item_id: int
+    selected: list[SelectedBehavior]
+
+
+class ScoreResponse(BaseModel):
+    model_version: str
+    scores: list[float] = Field(description="One CTR per candidate, in request order.")
+    degraded: bool
+    degraded_reasons: list[str]
+    timings_ms: Timings
+    explain: list[CandidateExplain] | None = None
+
+
+class EventIn(_Strict):
+    event_id: str = Field(min_length=1, max_length=128, description="Idempotency key: a replay is stored once.")
+    user_id: Id
+    item_id: Id
+    ts: TimeMs
+    cross: dict[FeatureName, CrossValue] = Field(
+        default_factory=dict, max_length=64,
+        description="Stored cross features by name (active model's schema); a missing one is stored as 0.",
+    )
+
+
+class EventsRequest(_Strict):
+    events: list[EventIn] = Field(min_length=1, description="At most max_events.")
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(description="Events durably stored (replays included).")
+    new: int = Field(description="Of those, events not seen before (by event_id).")
+
+
+class ModelInfo(BaseModel):
+    version: str
+    created_at: datetime
+    metrics: dict[str, Any]
+    parent: str | None = None
+
+
+class ModelsResponse(BaseModel):
+    active: str | None = Field(description="Version the registry marks active.")
+    serving: str | None = Field(description="Version this process serves new requests with.")
+    features: list[str] = Field(description="Candidate feature names of the serving model.")
+    cross: list[str] = Field(description="Event cross feature names of the serving model.")
+    versions: list[ModelInfo]
+
+
+class ActiveResponse(BaseModel):
+    active: str
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    reasons: list[str]
+    model_version: str | None = None

@@ -1,0 +1,93 @@
+"""The app factory: `create_app(settings)` builds a FastAPI app whose lifespan opens Redis, the model
+registry, the inference thread, the batcher and the health probes, prepares the active model, and
+closes all of it on shutdown (in reverse order)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from model_store.registry import ModelRegistry
+from service.api.router import api_router
+from service.context import ServiceContext
+from service.engine.engine import Engine
+from service.engine.fetch import Fetcher
+from service.engine.worker import InferenceWorker, resolve_device
+from service.errors import install_error_handlers
+from service.health import HealthMonitor
+from service.lifecycle import ModelManager
+from service.metrics import Metrics
+from service.middleware import RequestMetricsMiddleware
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def build_context(settings: Settings, metrics: Metrics) -> ServiceContext:
+    from cache.connection import open_redis
+    from cache.layout import Keys
+
+    embedded_dir = str(settings.embedded_redis_dir) if settings.embedded_redis_dir else None
+    redis = await open_redis(settings.redis_url, embedded_dir=embedded_dir)
+    keys = Keys(prefix=settings.redis_prefix, n_buckets=settings.redis_buckets)
+    registry = ModelRegistry(settings.model_root)
+    worker = InferenceWorker(resolve_device(settings.device), settings.torch_threads)
+    engine = Engine(settings, metrics, worker)
+    health = HealthMonitor(redis, worker, settings.redis_ping_interval_s, settings.redis_timeout_ms / 1e3)
+    fetcher = Fetcher(health, settings.redis_timeout_ms / 1e3)
+    models = ModelManager(settings, registry, redis, keys, engine)
+    return ServiceContext(settings, metrics, redis, keys, registry, engine, fetcher, health, models)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings if settings is not None else Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = await build_context(settings, metrics)
+        app.state.ctx = ctx
+        ctx.engine.start()
+        await ctx.health.check_once()
+        await ctx.models.startup()  # warm before uvicorn accepts traffic (readiness means warm)
+        ctx.health.start()
+        ctx.models.start_watch(settings.model_poll_interval_s)
+        log.info("service up: redis %s, device %s, model %s, ready=%s", ctx.redis.url, ctx.engine.worker.device,
+                 ctx.engine.active.version if ctx.engine.active else None, not ctx.not_ready_reasons())
+        try:
+            yield
+        finally:
+            await ctx.models.close()
+            await ctx.health.close()
+            await ctx.engine.close()
+            await ctx.redis.aclose()
+
+    app = FastAPI(title="TWIN scoring service", version="1.0.0", lifespan=lifespan,
+                  max_body_size=settings.max_body_bytes,
+                  description="Online CTR scoring with TWIN (two-stage interest network, KDD 2023).")
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app, settings.retry_after_s)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.include_router(api_router)
+    app.openapi = lambda: custom_openapi(app, settings)  # type: ignore[method-assign]
+    return app
+
+
+def custom_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """The generated document, plus the limits that are settings rather than constants."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = doc.get("components", {}).get("schemas", {})
+        if "ScoreRequest" in schemas:
+            schemas["ScoreRequest"]["properties"]["candidates"]["maxItems"] = settings.max_candidates
+        if "EventsRequest" in schemas:
+            schemas["EventsRequest"]["properties"]["events"]["maxItems"] = settings.max_events
+        doc["info"]["x-max-body-bytes"] = settings.max_body_bytes
+        app.openapi_schema = doc
+    return app.openapi_schema

@@ -1,0 +1,144 @@
+"""Demo initialisation: `python -m service.bootstrap [--data DIR] [--users N]`.
+
+1. If the registry at TWIN_MODEL_ROOT has no version: generate the synthetic "ci" data set (once,
+   into --data) and train a small TWIN model with the training package, publish and activate it.
+   If it has versions but none active, the newest is activated.
+2. Load the catalog (items.parquet) and the users' behavior logs (behaviors.parquet) into Redis
+   (REDIS_URL, or the embedded server on TWIN_EMBEDDED_REDIS_DIR), unless the catalog is loaded.
+3. Project the catalog for the active version (skipped when its marker exists).
+4. Print what was loaded and a ready-to-paste curl.
+`python -m service --bootstrap` runs this, then serves, in one process.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from model_store.registry import ModelRegistry
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+DEFAULT_DATA = Path("var/demo_data")
+
+
+def train_demo_model(registry: ModelRegistry, data_dir: Path, users: int) -> str:
+    from training import synthetic
+    from training.dataset import load_dataset
+    from training.trainer import TrainSettings, run_comparison
+
+    if not (data_dir / "samples.parquet").exists():
+        print(f"generating the synthetic 'ci' data set ({users} users) into {data_dir} ...")
+        synthetic.generate(synthetic.preset("ci", n_users=users), data_dir, progress=True)
+    data = load_dataset(data_dir)
+    print("training a small demo TWIN model (1 epoch) ...")
+    settings = TrainSettings(epochs=1, max_len=1_000, evals_per_epoch=1, progress=True)
+    best = run_comparison(data, ("twin",), settings)[0]
+    metrics = {f"test_{k}": float(v) for k, v in best.test.items()}
+    version = registry.publish(best.model, metrics=metrics, data_fingerprint=data.fingerprint, notes="demo bootstrap")
+    registry.activate(version)
+    print(f"published and activated demo model {version}: {metrics}")
+    return version
+
+
+def _blocks(data_dir: Path, cross_names: list[str]):
+    """(user ids, BehaviorBlocks newest first) from behaviors.parquet (sorted by user, ts)."""
+    from cache.behavior_store import BehaviorBlock
+
+    t = pq.read_table(data_dir / "behaviors.parquet")
+    users = t.column("user_id").to_numpy()
+    item = t.column("item_id").to_numpy().astype(np.int64)
+    ts = t.column("ts").to_numpy().astype(np.int64)
+    cross = np.stack([t.column(n).to_numpy().astype(np.float32) for n in cross_names], axis=1)
+    cuts = np.flatnonzero(np.diff(users)) + 1
+    starts, ends = np.r_[0, cuts], np.r_[cuts, len(users)]
+    ids, blocks = [], []
+    for s, e in zip(starts, ends):
+        ids.append(int(users[s]))
+        blocks.append(BehaviorBlock(item_id=item[s:e][::-1].copy(), ts=ts[s:e][::-1].copy(),
+                                    cross=cross[s:e][::-1].copy(), total=int(e - s)))
+    return ids, blocks
+
+
+async def load_stores(settings: Settings, registry: ModelRegistry, version: str, data_dir: Path) -> dict:
+    from cache.catalog_store import CatalogStore
+    from cache.connection import open_redis
+    from cache.layout import Keys
+    from cache.projection_store import ProjectionStore
+    from service.seeding import load_catalog, load_histories, project
+
+    model, _ = registry.load(version)
+    schema = model.cfg.schema
+    keys = Keys(prefix=settings.redis_prefix, n_buckets=settings.redis_buckets)
+    emb_dir = str(settings.embedded_redis_dir) if settings.embedded_redis_dir else None
+    h = await open_redis(settings.redis_url, embedded_dir=emb_dir)
+    try:
+        cat = CatalogStore(h.client, keys, len(schema.inherent))
+        have = await cat.all_ids()
+        items = pq.read_table(data_dir / "items.parquet")
+        raw = np.stack([items.column(n).to_numpy().astype(np.int64) for n in schema.inherent_names], axis=1)
+        user_ids, blocks = _blocks(data_dir, schema.stored_cross_names())
+        if len(have) < len(raw):
+            print(f"loading {len(raw):,} items and {len(user_ids):,} behavior logs into Redis ({h.url}) ...")
+            await load_catalog(h.client, keys, raw[:, 0], raw)
+            for lo in tqdm(range(0, len(user_ids), 256), desc="behavior logs", unit="x256"):
+                await load_histories(h.client, keys, len(schema.stored_cross_names()), user_ids[lo:lo + 256],
+                                     blocks[lo:lo + 256], cap=settings.behavior_cap)
+        if await ProjectionStore(h.client, keys, version, model.proj_dim).read_marker() is None:
+            print(f"projecting the catalog for {version} ...")
+            await project(h.client, keys, model, version, len(schema.inherent), progress=True)
+        lengths = np.array([b.total for b in blocks])
+        demo_user = user_ids[int(np.argmin(np.abs(lengths - np.median(lengths))))]
+        return {"items": len(raw), "users": len(user_ids), "median_history": int(np.median(lengths)),
+                "demo_user": demo_user, "demo_items": raw[:3, 0].tolist()}
+    finally:
+        await h.aclose()
+
+
+def run_bootstrap(settings: Settings, data_dir: Path = DEFAULT_DATA, users: int = 600) -> dict:
+    t0 = time.perf_counter()
+    torch.set_num_threads(settings.torch_threads or torch.get_num_threads())
+    registry = ModelRegistry(settings.model_root)
+    version = registry.active()
+    if version is None:
+        versions = registry.list()
+        if versions:
+            version = versions[-1].version
+            registry.activate(version)
+            print(f"activated the newest published version {version}")
+        else:
+            version = train_demo_model(registry, data_dir, users)
+    if not (data_dir / "items.parquet").exists():
+        from training import synthetic
+
+        print(f"generating the synthetic 'ci' data set into {data_dir} for the catalog and behavior logs ...")
+        synthetic.generate(synthetic.preset("ci", n_users=users), data_dir, progress=True)
+    info = asyncio.run(load_stores(settings, registry, version, data_dir))
+    body = {"user_id": info["demo_user"], "candidates": [{"item_id": i} for i in info["demo_items"]], "explain": False}
+    print(f"\nbootstrap done in {time.perf_counter() - t0:.0f}s: model {version}, {info['users']:,} users "
+          f"(median history {info['median_history']}), {info['items']:,} items\n")
+    print(f"curl -s -X POST http://{settings.host}:{settings.port}/v1/score -H 'Content-Type: application/json' "
+          f"-d '{json.dumps(body)}'\n")
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m service.bootstrap", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="synthetic data directory (created if missing)")
+    ap.add_argument("--users", type=int, default=600, help="users of the generated demo data set")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_bootstrap(Settings(), args.data, args.users)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The scoring engine: Redis fetch on the event loop, micro-batcher, one inference thread per device."""

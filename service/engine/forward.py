@@ -1,0 +1,107 @@
+"""Runs one micro-batch on the inference thread: pad to shape buckets, GSU, ESU, split per request.
+
+Everything here executes on the thread that owns the device (see worker.py), under
+torch.inference_mode and, on CUDA with half precision, float16 autocast.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+from service.engine.buckets import bucket_for
+from service.engine.request import ScoreInputs, ScoreResult
+from service.engine.slot import ModelSlot
+from twin.model import ServeBatch
+
+
+def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(a)
+    if device.type == "cuda":  # pinned staging buffer -> asynchronous copy overlapping the previous kernels
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
+def collate(slot: ModelSlot, items: list[ScoreInputs]) -> ServeBatch:
+    """Pad B requests to (L bucket, C bucket). Padding is masked out, so it never changes a score."""
+    B = len(items)
+    Lb = bucket_for(max(it.n_seq for it in items), slot.seq_buckets)
+    Cb = bucket_for(max(it.n_cand for it in items), slot.cand_buckets)
+    S = min(slot.short_len, Lb)
+    F_h, J_s, D = len(slot.inherent_names), len(slot.cross_names), slot.model.proj_dim
+    proj_dtype = slot.autocast or torch.float32
+    seq_proj = torch.zeros(B, Lb, D, dtype=proj_dtype, device=slot.device)  # [B, Lb, D]
+    seq_cross = np.zeros((B, Lb, J_s), np.float32)
+    seq_ts = np.zeros((B, Lb), np.int64)
+    seq_mask = np.zeros((B, Lb), np.bool_)
+    recent = np.zeros((B, S, F_h), np.int64)
+    cand = np.zeros((B, Cb, F_h), np.int64)
+    cand_mask = np.zeros((B, Cb), np.bool_)
+    now = np.zeros(B, np.int64)
+    hist_len = np.zeros(B, np.int64)
+    for i, it in enumerate(items):
+        m, c, s = it.n_seq, it.n_cand, min(S, it.recent.shape[0])
+        if m:
+            seq_proj[i, :m].copy_(it.seq_proj)  # device-side copy; converts float16 -> proj_dtype
+        seq_cross[i, :m], seq_ts[i, :m], seq_mask[i, :m] = it.seq_cross, it.seq_ts, True
+        recent[i, :s] = it.recent[:s]
+        cand[i, :c], cand_mask[i, :c] = it.cand, True
+        now[i], hist_len[i] = it.now, it.hist_len
+    dev = slot.device
+    return ServeBatch(seq_proj=seq_proj, seq_cross=_to_device(seq_cross, dev), seq_ts=_to_device(seq_ts, dev),
+                      seq_mask=_to_device(seq_mask, dev), recent_items=_to_device(recent, dev),
+                      cand=_to_device(cand, dev), cand_mask=_to_device(cand_mask, dev),
+                      now=_to_device(now, dev), hist_len=_to_device(hist_len, dev))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels are asynchronous: sync so the stage timings are real
+        torch.cuda.synchronize(device)
+
+
+def run_batch(slot: ModelSlot, items: list[ScoreInputs]) -> list[ScoreResult]:
+    """-> one ScoreResult per item, same order. gsu_ms includes padding and host->device copies."""
+    explain = any(it.explain for it in items)
+    amp = (torch.autocast(slot.device.type, dtype=slot.autocast) if slot.autocast is not None
+           else contextlib.nullcontext())
+    with torch.inference_mode(), amp:
+        t0 = time.perf_counter()
+        batch = collate(slot, items)
+        gsu = slot.model.select(batch)
+        _sync(slot.device)
+        t1 = time.perf_counter()
+        out = slot.model.finish(batch, gsu, explain=explain)
+        scores = out.scores.float().cpu().numpy()  # [B, Cb]; .cpu() waits for the device
+        ex = None
+        if explain and out.explain is not None:
+            e = out.explain
+            ex = (e.positions.cpu().numpy(), e.weight.float().cpu().numpy(),
+                  e.alpha_proj.float().cpu().numpy(), e.alpha_bias.float().cpu().numpy())
+        t2 = time.perf_counter()
+    gsu_ms, esu_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+    n_cand = sum(it.n_cand for it in items)
+    results = []
+    for i, it in enumerate(items):
+        c = it.n_cand
+        parts = (ex[0][i, :c], ex[1][i, :c], ex[2][i, :c], ex[3][i, :c]) if (ex and it.explain) else (None,) * 4
+        results.append(ScoreResult(scores[i, :c].copy(), *parts, gsu_ms=gsu_ms, esu_ms=esu_ms,
+                                   batch_requests=len(items), batch_candidates=n_cand))
+    return results
+
+
+def synthetic_inputs(slot: ModelSlot, n_seq: int, n_cand: int, seed: int = 0) -> ScoreInputs:
+    """Random but well-formed inputs of a given shape, for warm-up and device probes."""
+    g = np.random.default_rng(seed)
+    F_h, J_s, D = len(slot.inherent_names), len(slot.cross_names), slot.model.proj_dim
+    now = 1_764_400_000_000
+    return ScoreInputs(
+        slot=slot,
+        seq_proj=torch.randn(n_seq, D, generator=torch.Generator().manual_seed(seed)).half().to(slot.device),
+        seq_cross=g.random((n_seq, J_s), dtype=np.float32),
+        seq_ts=now - np.sort(g.integers(1, 10**10, n_seq))[:n_seq],
+        recent=g.integers(0, 2**31, (min(slot.short_len, n_seq), F_h)),
+        cand=g.integers(0, 2**31, (n_cand, F_h)),
+        now=now, hist_len=n_seq,
+    )

@@ -1,0 +1,55 @@
+"""One loaded model version and everything bound to it: the model on its device, its shape buckets
+and the stores that read under its projection namespace. A batch carries its slot, so in-flight
+requests finish on the version they started with while a new slot is switched in."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from twin.config import FeatureSchema, TwinConfig
+
+if TYPE_CHECKING:
+    from cache.behavior_store import BehaviorStore
+    from cache.catalog_store import CatalogStore
+    from cache.local_cache import LocalProjectionCache
+    from model_store.manifest import Manifest
+    from twin.model import TwinCTR
+
+
+@dataclass(eq=False)
+class ModelSlot:
+    version: str
+    model: "TwinCTR"
+    manifest: "Manifest"
+    device: torch.device
+    autocast: torch.dtype | None  # float16 autocast on CUDA, None = plain float32
+    seq_len: int                  # L: behaviors read per user
+    seq_buckets: list[int]
+    cand_buckets: list[int]
+    behaviors: "BehaviorStore"
+    catalog: "CatalogStore"
+    local_cache: "LocalProjectionCache"
+    warm: bool = False
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def cfg(self) -> TwinConfig:
+        return self.model.cfg
+
+    @property
+    def schema(self) -> FeatureSchema:
+        return self.model.cfg.schema
+
+    @property
+    def inherent_names(self) -> list[str]:
+        return self.schema.inherent_names
+
+    @property
+    def cross_names(self) -> list[str]:
+        return self.schema.stored_cross_names()
+
+    @property
+    def short_len(self) -> int:
+        return self.model.cfg.short_len

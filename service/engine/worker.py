@@ -1,0 +1,71 @@
+"""The inference thread: one per device, the only thread that runs the model.
+
+The event loop never touches torch (except the cache's miss path): it hands callables to this
+thread and awaits them, as vLLM's front end awaits its engine core.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import torch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a loud error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' requested but torch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+class InferenceWorker:
+    def __init__(self, device: torch.device, torch_threads: int | None = None):
+        self.device = device
+        self._threads = torch_threads
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"twin-infer-{device.type}",
+                                        initializer=self._init_thread)
+        self.closed = False
+        self.last_ok = 0.0  # time.monotonic() of the last call that completed on the device
+
+    def _init_thread(self) -> None:
+        if self._threads:
+            torch.set_num_threads(self._threads)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.closed:
+            raise RuntimeError("inference worker is closed")
+        out = await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        self.last_ok = time.monotonic()
+        return out
+
+    def _probe(self) -> bool:
+        x = torch.ones(8, device=self.device)
+        return float((x * 2).sum().item()) == 16.0
+
+    async def probe(self, timeout_s: float, fresh_s: float = 0.0) -> bool:
+        """The device answers: a batch completed within `fresh_s`, or a tiny op does within
+        `timeout_s` (queued behind any running batch, so a busy device is not called dead)."""
+        if time.monotonic() - self.last_ok < fresh_s:
+            return True
+        try:
+            return await asyncio.wait_for(self.call(self._probe), timeout_s)
+        except Exception as e:  # noqa: BLE001 - any failure means "device not answering"
+            log.warning("device probe failed: %r", e)
+            return False
+
+    def close(self) -> None:
+        self.closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)

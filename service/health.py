@@ -1,0 +1,62 @@
+"""Background probes behind readiness: Redis answers a PING, the device answers a tiny op.
+
+The score path reads `redis_ok` as a circuit breaker: while Redis is marked down, requests skip the
+round trips and are scored from what the process holds (degraded) instead of waiting on timeouts.
+A failed request trips it at once; the probe closes it again as soon as a PING succeeds.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from service.engine.worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+
+
+class HealthMonitor:
+    def __init__(self, redis_handle, worker: InferenceWorker, interval_s: float, redis_timeout_s: float,
+                 device_timeout_s: float = 5.0):
+        self.redis = redis_handle
+        self.worker = worker
+        self.interval_s = interval_s
+        self.redis_timeout_s = redis_timeout_s
+        self.device_timeout_s = device_timeout_s
+        self.redis_ok = False
+        self.device_ok = False
+        self._checked = False
+        self._task: asyncio.Task | None = None
+
+    async def check_once(self) -> None:
+        try:
+            ok = bool(await asyncio.wait_for(self.redis.ping(), self.redis_timeout_s))
+        except Exception:  # noqa: BLE001 - any failure is "unreachable"
+            ok = False
+        if ok != self.redis_ok and (self._checked or not ok):
+            log.warning("redis is %s", "reachable again" if ok else "UNREACHABLE")
+        self.redis_ok, self._checked = ok, True
+        self.device_ok = await self.worker.probe(self.device_timeout_s, fresh_s=self.interval_s + self.device_timeout_s)
+
+    def note_redis_failure(self) -> None:
+        if self.redis_ok:
+            log.warning("redis marked down after a failed request")
+        self.redis_ok = False
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.check_once()
+            except Exception:  # noqa: BLE001 - the probe loop must outlive any single failure
+                log.exception("health probe failed")
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="twin-health")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass

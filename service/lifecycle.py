@@ -1,0 +1,217 @@
+"""Model lifecycle, as a checklist (TGI / Triton): load -> verify -> projections -> warm up -> ready.
+
+  startup:   the registry's active version is prepared and switched in; without one the service
+             is alive but not ready ("no_active_model").
+  activate:  prepare the new version completely while the old one keeps serving, then record it in
+             the registry and switch (one reference assignment). A version that fails any step is
+             refused (409) and nothing changes. In-flight batches finish on the slot they hold.
+  rollback:  the registry's previous version; kept prepared after a swap, so it is instant.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+import torch
+
+from model_store.errors import ArtifactError, RegistryError, VersionNotFoundError
+from model_store.registry import ModelRegistry
+from service.engine.buckets import clip_buckets, default_buckets
+from service.engine.engine import Engine
+from service.engine.forward import run_batch, synthetic_inputs
+from service.engine.slot import ModelSlot
+from service.errors import ModelRefused, UnknownVersion
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, registry: ModelRegistry, redis_handle, keys, engine: Engine):
+        self.settings = settings
+        self.registry = registry
+        self.redis = redis_handle
+        self.keys = keys
+        self.engine = engine
+        self.reasons: list[str] = ["starting"]  # why not ready, model-wise
+        self._lock = asyncio.Lock()
+        self._previous: ModelSlot | None = None  # kept warm for an instant rollback
+        self._refused: set[str] = set()  # versions the watcher failed to prepare (not retried)
+        self._task: asyncio.Task | None = None
+
+    # ---- startup -------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        version = await asyncio.to_thread(self.registry.active)
+        if version is None:
+            self.reasons = ["no_active_model"]
+            log.warning("registry %s has no active model: not ready", self.registry.root)
+            return
+        try:
+            async with self._lock:
+                self.engine.swap(await self.prepare(version))
+            self.reasons = []
+        except (ModelRefused, UnknownVersion) as e:
+            self.reasons = [e.reason]
+            log.error("active model %s could not be served: %s", version, e.detail)
+
+    # ---- watcher: retry a failed startup, follow activations made elsewhere (CLI, another replica)
+    def start_watch(self, interval_s: float) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch(interval_s), name="twin-model-watch")
+
+    async def _watch(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self._follow_registry()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
+                log.exception("model watcher failed")
+
+    async def _follow_registry(self) -> None:
+        wanted = await asyncio.to_thread(self.registry.active)
+        serving = self.engine.active
+        if wanted is None or wanted in self._refused or self._lock.locked():
+            return
+        if serving is not None and serving.version == wanted:
+            return
+        log.info("registry points at %s, serving %s: switching", wanted, serving.version if serving else None)
+        try:
+            async with self._lock:
+                slot = await self.prepare(wanted)
+                self._previous = self.engine.swap(slot)
+            self.reasons = []
+        except (ModelRefused, UnknownVersion) as e:
+            if e.reason in ("artifact_refused", "unknown_version", "warmup_failed"):
+                self._refused.add(wanted)  # retrying cannot help; a Redis outage can end, so that is retried
+            if serving is None:
+                self.reasons = [e.reason]
+            log.error("cannot serve registry version %s: %s", wanted, e.detail)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    # ---- admin ---------------------------------------------------------------------------------
+    async def activate(self, version: str) -> str:
+        async with self._lock:
+            current = self.engine.active
+            if current is not None and current.version == version:
+                return version
+            slot = await self.prepare(version)
+            try:
+                await asyncio.to_thread(self.registry.activate, version)
+            except (ArtifactError, RegistryError) as e:
+                raise ModelRefused(f"registry refused {version}: {e}", reason="artifact_refused") from e
+            self._previous = self.engine.swap(slot)
+            self.reasons = []
+            return version
+
+    async def rollback(self) -> str:
+        async with self._lock:
+            try:
+                version = await asyncio.to_thread(self.registry.rollback)
+            except RegistryError as e:
+                raise ModelRefused(str(e), reason="nothing_to_roll_back") from e
+            if self._previous is not None and self._previous.version == version:
+                slot = self._previous
+            else:
+                slot = await self.prepare(version)
+            self._previous = self.engine.swap(slot)
+            self.reasons = []
+            return version
+
+    # ---- the checklist ---------------------------------------------------------------------------
+    async def prepare(self, version: str) -> ModelSlot:
+        t0 = time.perf_counter()
+        model, manifest = await self._load(version)                      # 1. load + verify
+        slot = await self._build_slot(version, model, manifest)          # 2. device, stores, buckets
+        await self._ensure_projections(slot)                             # 3. projections complete
+        await self._warm_up(slot)                                        # 4. one batch per shape bucket
+        slot.warm = True
+        log.info("model %s prepared in %.1fs (L=%d, %d L buckets, %d C buckets, %s)", version,
+                 time.perf_counter() - t0, slot.seq_len, len(slot.seq_buckets), len(slot.cand_buckets),
+                 slot.autocast or "float32")
+        return slot
+
+    async def _load(self, version: str):
+        try:
+            return await asyncio.to_thread(self.registry.load, version)
+        except VersionNotFoundError as e:
+            raise UnknownVersion(f"no model version {version!r}", reason="unknown_version") from e
+        except (ArtifactError, ValueError, OSError) as e:
+            log.error("refusing model %s: %s", version, e)
+            raise ModelRefused(f"model {version} refused: {e}", reason="artifact_refused") from e
+
+    async def _build_slot(self, version: str, model, manifest) -> ModelSlot:
+        from cache.behavior_store import BehaviorStore
+        from cache.catalog_store import CatalogStore
+        from cache.local_cache import LocalProjectionCache
+        from cache.projection_store import ProjectionStore
+
+        s, worker = self.settings, self.engine.worker
+        device = worker.device
+        model = await worker.call(lambda: model.to(device).eval())  # the inference thread owns it from here
+        cfg = model.cfg
+        L = min(s.max_seq_len or cfg.max_len, cfg.max_len)
+        seq_buckets = clip_buckets(s.seq_buckets, L) if s.seq_buckets else default_buckets(min(64, L), L)
+        cand_buckets = (clip_buckets(s.cand_buckets, s.max_candidates) if s.cand_buckets
+                        else default_buckets(min(8, s.max_candidates), s.max_candidates))
+        client = self.redis.client
+        catalog = CatalogStore(client, self.keys, len(cfg.schema.inherent))
+        projections = ProjectionStore(client, self.keys, version, model.proj_dim)
+
+        def compute(raw: np.ndarray) -> np.ndarray:  # cache miss policy step 2: project from the catalog row
+            with torch.inference_mode():
+                return model.project_items(torch.from_numpy(raw).to(device)).half().cpu().numpy()
+
+        local = LocalProjectionCache(s.local_cache_capacity, model.proj_dim, device, projections, catalog, compute)
+        behaviors = BehaviorStore(client, self.keys, len(cfg.schema.stored_cross_names()), cap=s.behavior_cap)
+        autocast = torch.float16 if (device.type == "cuda" and s.half_precision) else None
+        return ModelSlot(version=version, model=model, manifest=manifest, device=device, autocast=autocast,
+                         seq_len=L, seq_buckets=seq_buckets, cand_buckets=cand_buckets, behaviors=behaviors,
+                         catalog=catalog, local_cache=local, meta={"projections": projections})
+
+    async def _ensure_projections(self, slot: ModelSlot) -> None:
+        from cache.projector import project_version
+
+        store = slot.meta["projections"]
+        try:
+            marker = await store.read_marker()
+        except Exception as e:  # noqa: BLE001 - Redis down: cannot check, cannot serve this version
+            raise ModelRefused(f"cannot read the projection marker of {slot.version}: {e!r}",
+                               reason="projections_unavailable") from e
+        if marker is not None:
+            return
+        log.info("projections of %s missing: running the projector", slot.version)
+        try:
+            stats = await project_version(slot.model, slot.version, None, slot.catalog, store, progress=False)
+        except Exception as e:  # noqa: BLE001
+            raise ModelRefused(f"projecting {slot.version} failed: {e!r}", reason="projections_incomplete") from e
+        log.info("projected %s: %s", slot.version, stats)
+        if await store.read_marker() is None:
+            raise ModelRefused(f"projector finished without a marker for {slot.version}",
+                               reason="projections_incomplete")
+
+    def _warm_shapes(self, slot: ModelSlot) -> list[tuple[int, int]]:
+        mode = self.settings.warmup
+        if mode == "auto":
+            mode = "grid" if slot.device.type == "cuda" else "edges"
+        if mode == "none":
+            return []
+        if mode == "grid":
+            return [(lb, cb) for lb in slot.seq_buckets for cb in slot.cand_buckets]
+        lmax, cmin = slot.seq_buckets[-1], slot.cand_buckets[0]
+        return sorted({(lb, cmin) for lb in slot.seq_buckets} | {(lmax, cb) for cb in slot.cand_buckets})
+
+    async def _warm_up(self, slot: ModelSlot) -> None:
+        shapes = self._warm_shapes(slot)
+        try:
+            for i, (lb, cb) in enumerate(shapes):
+                await self.engine.worker.call(run_batch, slot, [synthetic_inputs(slot, lb, cb, seed=i)])
+        except Exception as e:  # noqa: BLE001 - a model that cannot run a batch is not servable
+            raise ModelRefused(f"warm-up of {slot.version} failed: {e!r}", reason="warmup_failed") from e

