@@ -140,14 +140,21 @@ def masked_softmax(alpha: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(weights, nan=0.0)
 
 
-def esu_pool(alpha_sel: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def esu_pool(alpha_sel: torch.Tensor, values: torch.Tensor, valid: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ESU multi-head target attention over the k selected behaviors.
 
     alpha_sel [B, C, A, k]   relevance of the selected behaviors
     values    [B, C, k, A, d_v]  K W^v_a with the FULL K (inherent + cross parts)
     valid     [B, C, k]
-    returns weights [B, C, A, k] (softmax per head), heads [B, C, A*d_v] (concat of head_a)
+    returns weights  [B, C, A, k] (softmax per head),
+            heads    [B, C, A*d_v] (concat of head_a),
+            evidence [B, C, A] log-sum-exp of alpha per head (0 with nothing selected): the softmax
+                     normaliser that the weighted average hides, i.e. how MUCH of the history matched.
     """
-    weights = masked_softmax(alpha_sel, valid[:, :, None, :])  # [B, C, A, k]
+    keep = valid[:, :, None, :]  # [B, C, 1, k]
+    weights = masked_softmax(alpha_sel, keep)  # [B, C, A, k]
     heads = torch.einsum("bcak,bckad->bcad", weights, values)  # [B, C, A, d_v]
-    return weights, heads.flatten(-2)
+    evidence = torch.logsumexp(alpha_sel.masked_fill(~keep, NEG_INF), dim=-1)  # [B, C, A]
+    evidence = evidence.masked_fill(~valid.any(-1, keepdim=True), 0.0)
+    return weights, heads.flatten(-2), evidence

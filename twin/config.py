@@ -127,6 +127,10 @@ class TwinConfig:
     mlp_dims: tuple[int, ...] = (200, 80)
     cross_bias: bool = True  # ablation switch: False drops b_a from alpha (paper sec. 4.4)
     gsu: str = "twin"  # "twin": CP-GSU top-k of alpha; "recent": the top_k most recent behaviors
+    # Beyond the paper: feed the tower the per-head log-sum-exp of alpha over the selected behaviors.
+    # The softmax average tells WHAT matched but not how much of the history did.
+    evidence: bool = True
+    emb_init_std: float = 0.05  # N(0, std) init of every embedding table
     extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:

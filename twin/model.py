@@ -98,9 +98,10 @@ class TwinCTR(nn.Module):
         s = cfg.schema
         A, dk, dv, H = cfg.n_heads, cfg.d_k, cfg.d_v, s.inherent_dim
         cx = s.cross_dim
-        self.inherent_emb = FeatureGroupEmbedding(s.inherent)
-        self.cross_emb = FeatureGroupEmbedding(s.cross)
-        self.context_emb = FeatureGroupEmbedding(s.context) if s.context else None
+        std = cfg.emb_init_std
+        self.inherent_emb = FeatureGroupEmbedding(s.inherent, std)
+        self.cross_emb = FeatureGroupEmbedding(s.cross, std)
+        self.context_emb = FeatureGroupEmbedding(s.context, std) if s.context else None
         # W^h and W^v_h in one matrix: the projector caches both halves per item.
         self.w_item = nn.Linear(H, A * (dk + dv), bias=False)
         self.w_q = nn.Linear(H, A * dk, bias=False)
@@ -113,7 +114,7 @@ class TwinCTR(nn.Module):
         self.st_k = nn.Linear(H + cx, cfg.d_out, bias=False)
         self.st_v = nn.Linear(H + cx, cfg.d_out, bias=False)
         ctx_dim = sum(f.dim for f in s.context)
-        dims = [H + 2 * cfg.d_out + ctx_dim, *cfg.mlp_dims]
+        dims = [H + 2 * cfg.d_out + ctx_dim + (A if cfg.evidence else 0), *cfg.mlp_dims]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]
@@ -168,9 +169,11 @@ class TwinCTR(nn.Module):
         w = masked_softmax(att, recent_mask[:, None, :])
         return torch.einsum("bcs,bsd->bcd", w, v)
 
-    def _tower(self, q_emb, twin_heads, short, now, hist_len) -> torch.Tensor:
+    def _tower(self, q_emb, twin_heads, evidence, short, now, hist_len) -> torch.Tensor:
         """-> logits [B, C]"""
         parts = [q_emb, self.w_o(twin_heads), short]
+        if self.cfg.evidence:
+            parts.append(evidence)
         if self.context_emb is not None:
             ctx = self.context_emb(context_raw(self.cfg.schema, now, hist_len))  # [B, ctx]
             parts.append(ctx[:, None, :].expand(-1, q_emb.shape[1], -1))
@@ -200,10 +203,10 @@ class TwinCTR(nn.Module):
             bias_sel[:, :, :, None, :],       # [B, 1, A, 1, k]
         ).squeeze(-2)  # [B, 1, A, k]
         cross_sel = [_gather_seq(p, positions) for p in cross_parts]  # J x [B, 1, k, e]
-        _, heads = esu_pool(alpha_sel, self._values(vals_sel, cross_sel), valid)
+        _, heads, evidence = esu_pool(alpha_sel, self._values(vals_sel, cross_sel), valid)
         recent = torch.cat([self.inherent_emb(b.seq_items[:, :S]), *[p[:, :S] for p in cross_parts]], dim=-1)
         short = self._short_term(q_emb, recent, b.seq_mask[:, :S])
-        return self._tower(q_emb, heads, short, b.now, b.hist_len).squeeze(-1)
+        return self._tower(q_emb, heads, evidence, short, b.now, b.hist_len).squeeze(-1)
 
     @torch.no_grad()
     def gsu_consistency(self, b: TrainBatch, oracle_k: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,13 +248,13 @@ class TwinCTR(nn.Module):
         """ESU over the selected behaviors, short-term module and tower."""
         _, vals_inh = self._split_proj(_gather_seq(b.seq_proj, g.positions).to(g.q_emb.dtype))
         cross_sel = [_gather_seq(p, g.positions) for p in g.cross_emb]
-        weights, heads = esu_pool(g.alpha_sel, self._values(vals_inh, cross_sel), g.valid)
+        weights, heads, evidence = esu_pool(g.alpha_sel, self._values(vals_inh, cross_sel), g.valid)
         S = b.recent_items.shape[1]  # min(short_len, L)
         recent_cross = [p[:, :S] for p in g.cross_emb]
         recent = torch.cat([self.inherent_emb(b.recent_items), *recent_cross], dim=-1)  # [B, S, H+Cx]
         recent_mask = b.seq_mask[:, :S]
         short = self._short_term(g.q_emb, recent, recent_mask)
-        logits = self._tower(g.q_emb, heads, short, b.now, b.hist_len).masked_fill(~b.cand_mask, 0.0)
+        logits = self._tower(g.q_emb, heads, evidence, short, b.now, b.hist_len).masked_fill(~b.cand_mask, 0.0)
         ex = None
         if explain:  # the projection term is alpha minus the bias; 0 where nothing was selected
             keep = g.valid[:, :, None, :]
