@@ -1,0 +1,133 @@
+"""Command line of the training package.
+
+    python -m training.cli generate --preset ci --out data/ci
+    python -m training.cli train --data data/ci --out-registry artifacts/registry --report reports/train_ci.md
+    python -m training.cli train-movielens --data data/movielens --out-registry artifacts/registry \\
+        --report reports/train_movielens.md
+
+`train` trains TWIN and the baselines (--variants) on the same data, prints a markdown table of the
+test metrics and publishes the TWIN model to the model store.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from training import movielens, synthetic
+from training.dataset import load_dataset
+from training.trainer import VARIANTS, TrainSettings, markdown_table, run_comparison, settings_dict
+
+log = logging.getLogger(__name__)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out-registry", help="model store root to publish the TWIN model to (omit: no publish)")
+    p.add_argument("--activate", action="store_true", help="also make the published version active")
+    p.add_argument("--report", help="write the markdown table (+ settings) to this file")
+    p.add_argument("--variants", default="twin,recent",
+                   help=f"comma-separated, first one is published; from {','.join(VARIANTS)}")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--max-len", type=int, default=2_000, help="behaviors the TWIN GSU reads per sample")
+    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--evals-per-epoch", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (one per core)")
+    p.add_argument("--arch", default="{}", help='JSON of TwinConfig overrides, e.g. \'{"d_k": 16}\'')
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _settings(a: argparse.Namespace) -> TrainSettings:
+    arch = json.loads(a.arch)
+    if not isinstance(arch, dict):
+        raise ValueError(f"--arch must be a JSON object, got {a.arch!r}")
+    return TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, max_len=a.max_len, seed=a.seed,
+                         patience=a.patience, evals_per_epoch=a.evals_per_epoch, progress=not a.no_progress,
+                         arch=arch)
+
+
+def _train(data_dir: str, a: argparse.Namespace, title: str) -> int:
+    torch.set_num_threads(a.threads)
+    variants = tuple(v.strip() for v in a.variants.split(",") if v.strip())
+    bad = [v for v in variants if v not in VARIANTS]
+    if not variants or bad:
+        raise SystemExit(f"--variants: unknown {bad or variants}; choose from {VARIANTS}")
+    settings = _settings(a)
+    t0 = time.perf_counter()
+    data = load_dataset(data_dir)
+    results = run_comparison(data, variants, settings)
+    wall = time.perf_counter() - t0
+    table = markdown_table(results, title=title)
+    print(table)
+    print(f"wall time {wall:.0f} s (load + train + evaluate, {torch.get_num_threads()} threads)")
+    if a.report:
+        Path(a.report).parent.mkdir(parents=True, exist_ok=True)
+        body = (f"{table}\nwall time: {wall:.0f} s; data: `{data_dir}` (sha256 {data.fingerprint[:16]}...)\n\n"
+                f"settings: `{json.dumps(settings_dict(settings))}`\n")
+        Path(a.report).write_text(body)
+    if a.out_registry:
+        from model_store.registry import ModelRegistry
+
+        best = results[0]
+        metrics = {f"test_{k}": float(v) for k, v in best.test.items()}
+        metrics["best_val_auc"] = best.best_val_auc
+        for r in results[1:]:
+            metrics[f"{r.variant}_test_auc"] = float(r.test["auc"])
+            metrics[f"{r.variant}_test_gauc"] = float(r.test["gauc"])
+        reg = ModelRegistry(a.out_registry)
+        version = reg.publish(best.model, metrics=metrics, data_fingerprint=data.fingerprint,
+                              notes=f"{title}: variant {best.variant}")
+        print(f"published {best.variant} as version {version} in {a.out_registry}")
+        if a.activate:
+            reg.activate(version)
+            print(f"activated {version}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.cli", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("generate", help="write a synthetic lifelong data set")
+    g.add_argument("--preset", default="ci", choices=sorted(synthetic.PRESETS))
+    g.add_argument("--out", required=True)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--users", type=int, help="override the preset's user count")
+
+    t = sub.add_parser("train", help="train TWIN and baselines on a data directory")
+    t.add_argument("--data", required=True)
+    _add_train_args(t)
+
+    m = sub.add_parser("train-movielens", help="convert MovieLens, then train as `train`")
+    m.add_argument("--ml-dir", default=str(movielens.DEFAULT_DIR))
+    m.add_argument("--data", default="data/movielens", help="where the converted data set is written")
+    m.add_argument("--target-frac", type=float, default=0.2)
+    _add_train_args(m)
+
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if a.cmd == "generate":
+        over = {"seed": a.seed} | ({"n_users": a.users} if a.users else {})
+        meta = synthetic.generate(synthetic.preset(a.preset, **over), a.out)
+        print(f"wrote {a.out}: {meta['n_behaviors']} behaviors, {meta['n_samples']} samples, "
+              f"{meta['positive_rate']:.3f} positive")
+        return 0
+    if a.cmd == "train":
+        return _train(a.data, a, title=f"train on {a.data}")
+    meta = movielens.convert(a.ml_dir, a.data, target_frac=a.target_frac)
+    print(f"wrote {a.data}: {meta['n_behaviors']} ratings, samples {meta['samples_per_split']}")
+    return _train(a.data, a, title="MovieLens ml-latest-small")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
