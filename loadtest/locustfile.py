@@ -39,6 +39,9 @@ def _add_options(parser: LocustArgumentParser) -> None:
                    help="how many demo items service.bootstrap printed (env TWIN_DEMO_ITEMS)")
     g.add_argument("--id-offset", type=int, default=1, env_var="TWIN_DEMO_FIRST_ID",
                    help="first demo user/item id; ids are OFFSET..OFFSET+N-1 (env TWIN_DEMO_FIRST_ID)")
+    g.add_argument("--first-user-id", type=int, default=None, env_var="TWIN_DEMO_FIRST_USER",
+                   help="first user id when users live elsewhere than items, e.g. a load-test world's "
+                        "(service.bootstrap --world); default --id-offset (env TWIN_DEMO_FIRST_USER)")
     g.add_argument("--event-ratio", type=float, default=0.1, env_var="TWIN_LOADTEST_EVENT_RATIO",
                    help="share of requests that are POST /v1/events (env TWIN_LOADTEST_EVENT_RATIO)")
     g.add_argument("--zipf-users", type=float, default=1.1, env_var="TWIN_LOADTEST_ZIPF_USERS",
@@ -59,6 +62,7 @@ def _traffic_config(opts) -> TrafficConfig:
         n_users=opts.n_users,
         n_items=opts.n_items,
         id_offset=opts.id_offset,
+        first_user_id=opts.first_user_id,
         zipf_users=opts.zipf_users,
         zipf_items=opts.zipf_items,
         cross_names=tuple(n.strip() for n in opts.event_cross.split(",") if n.strip()),
@@ -70,8 +74,8 @@ def _check_options(environment, **_kw) -> None:
     # fail at start with the option's name rather than inside every user
     if environment.parsed_options is not None:
         cfg = _traffic_config(environment.parsed_options)
-        log.info("workload %s (%s), %d users, %d items", cfg.profile.name, cfg.profile.description,
-                 cfg.n_users, cfg.n_items)
+        log.info("workload %s (%s), users %d..%d, %d items", cfg.profile.name, cfg.profile.description,
+                 cfg.user_offset, cfg.user_offset + cfg.n_users - 1, cfg.n_items)
 
 
 @events.quitting.add_listener

@@ -1,9 +1,10 @@
 """Reference workloads of DESIGN.md sec. 4, as load-test profiles.
 
 `seq_len` is a property of the *seeded data*, not of a request: the service reads each user's
-stored history (up to the model's max_len). The profile records which history length the run
-is meant to exercise, so the report can state it; seed users with that length (see
-docs/loadtest.md) for the figure to mean what the profile's name says.
+newest TWIN_MAX_SEQ_LEN behaviors (default: the model's training length). The profile records
+which history length the run is meant to exercise; `python -m service.bootstrap --world W1` seeds
+users with exactly that length and `scripts/run_stack.sh --world W1` serves them at it
+(docs/loadtest.md), so the figure means what the profile's name says.
 """
 from __future__ import annotations
 

@@ -105,6 +105,8 @@ def locust_command(args: argparse.Namespace, csv_prefix: Path) -> list[str]:
         cmd += ["--n-items", str(args.n_items)]
     if args.id_offset is not None:
         cmd += ["--id-offset", str(args.id_offset)]
+    if args.first_user_id is not None:
+        cmd += ["--first-user-id", str(args.first_user_id)]
     if args.expect_workers:
         cmd += ["--master", "--expect-workers", str(args.expect_workers), "--expect-workers-max-wait", "120"]
     return cmd
@@ -138,13 +140,32 @@ def _scrape_all(urls: list[str], out: Path, tag: str) -> list[str]:
     return texts
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"environment variable {name}={value!r} is not a non-negative integer")
+    return int(value)
+
+
+def seeded_note(profile_len: int, seeded_len: int | None) -> str:
+    """What the report says about L: the profile's name promises profile_len behaviors per user."""
+    if seeded_len is None:
+        return f"unknown (profile L={profile_len:,}; seed a world with service.bootstrap --world for it to hold)"
+    if seeded_len != profile_len:
+        return f"{seeded_len:,} per user, NOT the profile's L={profile_len:,}"
+    return f"{seeded_len:,} per user (= profile L)"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m loadtest.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default=os.environ.get("TWIN_LOADTEST_HOST", f"http://127.0.0.1:{os.environ.get('TWIN_PORT', '8000')}"),
                     help="base URL of the service or its load balancer (default: env TWIN_LOADTEST_HOST, "
                          "else http://127.0.0.1:$TWIN_PORT, port 8000 when unset)")
-    ap.add_argument("--profile", default="W1", choices=sorted(PROFILES), help="workload (DESIGN.md sec. 4)")
+    ap.add_argument("--profile", type=str.upper, default=os.environ.get("TWIN_LOADTEST_WORKLOAD", "W1").upper(),
+                    choices=sorted(PROFILES), help="workload (DESIGN.md sec. 4; default env TWIN_LOADTEST_WORKLOAD, else W1)")
     ap.add_argument("--users", type=int, help=f"concurrent simulated users (default {DEFAULTS['users']})")
     ap.add_argument("--spawn-rate", type=float, help=f"users started per second (default {DEFAULTS['spawn_rate']:g})")
     ap.add_argument("--run-time", help=f"how long to run, e.g. 60s, 2m (default {DEFAULTS['run_time']})")
@@ -154,6 +175,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--n-users", type=int, help="demo users (default: env TWIN_DEMO_USERS, else 600)")
     ap.add_argument("--n-items", type=int, help="demo items (default: env TWIN_DEMO_ITEMS, else 20000)")
     ap.add_argument("--id-offset", type=int, help="first demo id (default: env TWIN_DEMO_FIRST_ID, else 1)")
+    ap.add_argument("--first-user-id", type=int,
+                    help="first user id of a load-test world (default: env TWIN_DEMO_FIRST_USER, else --id-offset)")
+    ap.add_argument("--seeded-len", type=int, default=_env_int("TWIN_LOADTEST_SEEDED_LEN"),
+                    help="history length L of the seeded users, for the report (default: env "
+                         "TWIN_LOADTEST_SEEDED_LEN, which scripts/run_stack.sh --world sets)")
     ap.add_argument("--event-ratio", type=float, default=0.1, help="share of requests that post events")
     ap.add_argument("--think-ms", type=float, default=0.0, help="mean pause between a user's requests")
     ap.add_argument("--metrics-url", action="append", default=[],
@@ -214,12 +240,18 @@ def main(argv: list[str] | None = None) -> int:
         log.error("locust exited with %d and wrote no stats; see %s", rc, out / "locust.log")
         return 2
     profile = get_profile(args.profile)
+    if args.seeded_len is not None and args.seeded_len != profile.seq_len:
+        log.warning("profile %s is meant for L=%d but the seeded users have L=%d", profile.name, profile.seq_len,
+                    args.seeded_len)
     meta = {
         "workload": profile.name, "description": profile.description,
         "target": args.host, "users": args.users, "spawn_rate": args.spawn_rate, "run_time": args.run_time,
         "event_ratio": args.event_ratio, "think_ms": args.think_ms,
         "n_users": args.n_users or os.environ.get("TWIN_DEMO_USERS", 600),
         "n_items": args.n_items or os.environ.get("TWIN_DEMO_ITEMS", 20000),
+        "first_user_id": args.first_user_id or os.environ.get("TWIN_DEMO_FIRST_USER")
+        or args.id_offset or os.environ.get("TWIN_DEMO_FIRST_ID", 1),
+        "seeded_history": seeded_note(profile.seq_len, args.seeded_len),
         "replicas_scraped": len(metrics_urls), "started_utc": started, "locust_exit_code": rc,
     }
     result = build_report(out / "locust", out, args.budget_ms, before or None, after or None, meta)

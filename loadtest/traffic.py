@@ -2,6 +2,8 @@
 
 Popularity rank r (0 = most popular) maps to id `id_offset + r`: the demo data (service.bootstrap,
 training.synthetic) numbers users 1..N and items 1..M (0 is padding), hence the default offset 1.
+A load-test world (`python -m service.bootstrap --world W1`) puts its users elsewhere (e.g.
+1,000,001..): `first_user_id` moves the users' range without moving the items'.
 The load test's item popularity need not match the catalog's own (a random permutation there); it
 shapes what the service's caches see. Pure numpy, no I/O, so the locustfile stays thin and this
 part is unit-tested.
@@ -74,10 +76,16 @@ class TrafficConfig:
     n_items: int
     zipf_users: float = 1.1
     zipf_items: float = 1.1
-    id_offset: int = 1  # first demo id (users and items)
+    id_offset: int = 1  # first demo id (items, and users unless first_user_id is set)
+    first_user_id: int | None = None  # first user id of a load-test world; None -> id_offset
     events_per_batch: int = 5
     # stored cross features of the active model's schema (synthetic demo: play_ratio, liked)
     cross_names: tuple[str, ...] = ("play_ratio", "liked")
+
+
+    @property
+    def user_offset(self) -> int:
+        return self.id_offset if self.first_user_id is None else self.first_user_id
 
 
 class TrafficGenerator:
@@ -98,14 +106,14 @@ class TrafficGenerator:
         n = min(candidate_count(self._rng, p.candidates, p.candidates_max), self.cfg.n_items)
         items = self._items.sample_distinct(n) + self.cfg.id_offset
         return {
-            "user_id": int(self._users.sample(1)[0]) + self.cfg.id_offset,
+            "user_id": int(self._users.sample(1)[0]) + self.cfg.user_offset,
             "candidates": [{"item_id": int(i)} for i in items],
         }
 
     def events_body(self) -> dict[str, Any]:
         """A batch of fresh behaviors with ids unique across the run (the endpoint is idempotent by id)."""
         now_ms = int(time.time() * 1000)
-        users = self._users.sample(self.cfg.events_per_batch) + self.cfg.id_offset
+        users = self._users.sample(self.cfg.events_per_batch) + self.cfg.user_offset
         items = self._items.sample(self.cfg.events_per_batch) + self.cfg.id_offset
         events = [
             {

@@ -7,8 +7,12 @@
 #   scripts/run_stack.sh                          # serve until Ctrl-C on http://127.0.0.1:8080
 #   scripts/run_stack.sh --replicas 2 --smoke     # bring up, 20 s smoke load test, report, shut down
 #   scripts/run_stack.sh --loadtest -- --profile W3 --run-time 60s --budget-ms 50
+#   scripts/run_stack.sh --world W1 --replicas 1 --loadtest -- --run-time 60s   # L = 10,000 users
 #
-# Arguments after `--` go to `python -m loadtest.run`. Logs and data: DATA_DIR (default var/stack).
+# --world W1|W2|W3 seeds that load-test world (service.bootstrap --world: N users of exactly L
+# behaviors), serves it with TWIN_MAX_SEQ_LEN=L and points the load test (profile = the world,
+# unless given after --) at the world's users. Arguments after `--` go to `python -m loadtest.run`.
+# Logs and data: DATA_DIR (default var/stack).
 set -euo pipefail
 
 REPLICAS=2
@@ -18,13 +22,14 @@ REDIS_PORT=6390
 DATA_DIR=var/stack
 LOADTEST=""          # "", "smoke" or "full"
 LB_KIND=auto         # auto | nginx | python
+WORLD=""             # "" (demo world only), W1, W2 or W3
 LOADTEST_ARGS=()
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF
 
 Options: --replicas N ($REPLICAS)  --base-port P ($BASE_PORT)  --lb-port P ($LB_PORT)
          --redis-port P ($REDIS_PORT)  --data-dir DIR ($DATA_DIR)  --lb auto|nginx|python ($LB_KIND)
-         --smoke | --loadtest  [-- loadtest.run args]
+         --world W1|W2|W3  --smoke | --loadtest  [-- loadtest.run args]
 Env: PYTHON (default .venv/bin/python, else python3); every TWIN_* setting of the service.
 EOF
 }
@@ -37,6 +42,7 @@ while [[ $# -gt 0 ]]; do
     --redis-port) REDIS_PORT="$2"; shift 2 ;;
     --data-dir) DATA_DIR="$2"; shift 2 ;;
     --lb) LB_KIND="$2"; shift 2 ;;
+    --world) WORLD="${2^^}"; shift 2 ;;
     --smoke) LOADTEST=smoke; shift ;;
     --loadtest) LOADTEST=full; shift ;;
     --) shift; LOADTEST_ARGS=("$@"); break ;;
@@ -45,6 +51,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ "$REPLICAS" =~ ^[1-9][0-9]*$ ]] || { echo "run_stack: --replicas must be >= 1, got '$REPLICAS'" >&2; exit 2; }
+[[ -z "$WORLD" || "$WORLD" =~ ^W[123]$ ]] || { echo "run_stack: --world must be W1, W2 or W3, got '$WORLD'" >&2; exit 2; }
 
 cd "$(dirname "$0")/.."
 if [[ -z "${PYTHON:-}" ]]; then
@@ -113,16 +120,28 @@ export TWIN_HOST=127.0.0.1
 # share the cores between replicas instead of every torch using all of them
 export TWIN_TORCH_THREADS="${TWIN_TORCH_THREADS:-$(( $(nproc) / REPLICAS > 0 ? $(nproc) / REPLICAS : 1 ))}"
 
-# --- one-shot init: demo model, projections, seed users/items
-echo "run_stack: bootstrap (log $LOGS/bootstrap.log)"
-if ! "$PYTHON" -m service.bootstrap >"$LOGS/bootstrap.log" 2>&1; then
+# --- one-shot init: demo model, projections, seed users/items (+ the load-test world)
+echo "run_stack: bootstrap${WORLD:+ --world $WORLD} (log $LOGS/bootstrap.log)"
+if ! "$PYTHON" -m service.bootstrap ${WORLD:+--world "$WORLD"} >"$LOGS/bootstrap.log" 2>&1; then
   echo "run_stack: bootstrap failed; its log:" >&2; tail -n 30 "$LOGS/bootstrap.log" >&2; exit 1
 fi
 summary="$(grep -E '^bootstrap done' "$LOGS/bootstrap.log" | tail -n 1 || true)"
 echo "run_stack: $summary"
-# "... model V, 600 users (median history 400), 20,000 items": tell the load test the id ranges
-if [[ "$summary" =~ ([0-9,]+)\ users.*\ ([0-9,]+)\ items ]]; then
-  export TWIN_DEMO_USERS="${BASH_REMATCH[1]//,/}" TWIN_DEMO_ITEMS="${BASH_REMATCH[2]//,/}"
+# "... model V, [world W1: ]200 users (first user id 1000001, history 10,000 each), 20,000 items":
+# tell the load test the id ranges (items start at 1, users at the first user id)
+if [[ "$summary" =~ ([0-9,]+)\ users\ \(first\ user\ id\ ([0-9]+).*\ ([0-9,]+)\ items ]]; then
+  export TWIN_DEMO_USERS="${BASH_REMATCH[1]//,/}" TWIN_DEMO_FIRST_USER="${BASH_REMATCH[2]}" \
+    TWIN_DEMO_ITEMS="${BASH_REMATCH[3]//,/}"
+else
+  echo "run_stack: cannot parse the bootstrap summary '$summary'" >&2; exit 1
+fi
+if [[ -n "$WORLD" ]]; then
+  [[ "$summary" =~ history\ ([0-9,]+)\ each ]] || { echo "run_stack: no world history length in '$summary'" >&2; exit 1; }
+  seeded_len="${BASH_REMATCH[1]//,/}"
+  # serve the whole seeded log (the demo model was trained at L = 1,000; it is length-agnostic)
+  export TWIN_MAX_SEQ_LEN="${TWIN_MAX_SEQ_LEN:-$seeded_len}" TWIN_LOADTEST_SEEDED_LEN="$seeded_len"
+  export TWIN_LOADTEST_WORKLOAD="${TWIN_LOADTEST_WORKLOAD:-$WORLD}"
+  echo "run_stack: world $WORLD: users $TWIN_DEMO_FIRST_USER.. ($TWIN_DEMO_USERS), scorers read L=$TWIN_MAX_SEQ_LEN"
 fi
 
 # --- scorer replicas

@@ -157,7 +157,13 @@ class ModelManager:
         device = worker.device
         model = await worker.call(lambda: model.to(device).eval())  # the inference thread owns it from here
         cfg = model.cfg
-        L = min(s.max_seq_len or cfg.max_len, cfg.max_len)
+        # the model is length-agnostic: cfg.max_len is only its training length, so serving may read
+        # more (TWIN_MAX_SEQ_LEN), but never more than a log holds (the BehaviorStore cap)
+        L = s.max_seq_len or cfg.max_len
+        if L > s.behavior_cap:
+            log.warning("L=%d (TWIN_MAX_SEQ_LEN or the model max_len) exceeds TWIN_BEHAVIOR_CAP=%d: reading %d",
+                        L, s.behavior_cap, s.behavior_cap)
+            L = s.behavior_cap
         seq_buckets = clip_buckets(s.seq_buckets, L) if s.seq_buckets else default_buckets(min(64, L), L)
         cand_buckets = (clip_buckets(s.cand_buckets, s.max_candidates) if s.cand_buckets
                         else default_buckets(min(8, s.max_candidates), s.max_candidates))

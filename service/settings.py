@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads of the inference thread.")
     max_seq_len: int | None = Field(
-        None, ge=1, description="Behaviors read per user (L); unset -> the active model's cfg.max_len."
+        None, ge=1, description="Behaviors read per user (L); unset -> the active model's cfg.max_len (its "
+        "training length). May exceed it (the model is length-agnostic), up to behavior_cap.",
     )
     seq_buckets: list[int] | None = Field(
         None, description="Padded L sizes; unset -> powers of two from 64 up to L, plus L itself."

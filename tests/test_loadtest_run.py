@@ -31,6 +31,8 @@ class ContractServer(ThreadingHTTPServer):
         self.n_score = 0
         self.event_ids: Tally[str] = Tally()
         self.cand_counts: list[int] = []
+        self.user_ids: set[int] = set()  # users seen by both endpoints
+        self.item_ids: set[int] = set()
         self.reg = CollectorRegistry()
         self.lat = Histogram("twin_request_latency_seconds", "", ["stage"], registry=self.reg)
         self.hits = Counter("twin_cache_hits", "", registry=self.reg)
@@ -70,6 +72,8 @@ class ContractHandler(BaseHTTPRequestHandler):
                 s.n_score += 1
                 n = s.n_score
                 s.cand_counts.append(len(items))
+                s.user_ids.add(body["user_id"])
+                s.item_ids.update(items)
             if s.fail_every and n % s.fail_every == 0:
                 self._send(503, {"detail": "shedding"})
                 return
@@ -80,6 +84,8 @@ class ContractHandler(BaseHTTPRequestHandler):
         elif self.path == "/v1/events":
             with s.lock:
                 s.event_ids.update(e["event_id"] for e in body["events"])
+                s.user_ids.update(e["user_id"] for e in body["events"])
+                s.item_ids.update(e["item_id"] for e in body["events"])
             self._send(200, {"accepted": len(body["events"])})
         else:
             self._send(404, {"detail": "not found"})
@@ -109,7 +115,8 @@ def _args(srv: ContractServer, out, budget_ms: float = 1000) -> list[str]:
 
 def test_run_drives_locust_and_passes_the_gate(server_factory, tmp_path):
     srv = server_factory()
-    rc = run.main(_args(srv, tmp_path))
+    # a load-test world: users 1,000,001.. with L = 10,000 (service.bootstrap --world W1); items 1..500
+    rc = run.main(_args(srv, tmp_path) + ["--first-user-id", "1000001", "--seeded-len", "10000"])
     assert rc == 0, (tmp_path / "locust.log").read_text()[-2000:]
     stats = read_stats(tmp_path / "locust")
     assert stats[SCORE_NAME].requests == srv.n_score > 20
@@ -117,8 +124,11 @@ def test_run_drives_locust_and_passes_the_gate(server_factory, tmp_path):
     # events: every id unique; candidates: spread around W1's 100, within its cap
     assert srv.event_ids and max(srv.event_ids.values()) == 1
     assert 80 < sum(srv.cand_counts) / len(srv.cand_counts) < 120 and max(srv.cand_counts) <= 200
+    assert min(srv.user_ids) >= 1_000_001 and max(srv.user_ids) <= 1_000_050
+    assert min(srv.item_ids) >= 1 and max(srv.item_ids) <= 500
     md = (tmp_path / "report.md").read_text()
     assert "## Gate: PASS" in md
+    assert "seeded_history: 10,000 per user (= profile L)" in md and "first_user_id: 1000001" in md
     summary = json.loads((tmp_path / "summary.json").read_text())
     total = next(s for s in summary["server"]["stages"] if s["stage"] == "total")
     assert total["count"] == srv.n_score  # server-side delta saw exactly the run's requests
@@ -162,3 +172,19 @@ def test_timespan_and_smoke_defaults():
     assert a.users == 2
     with pytest.raises(SystemExit):
         run.parse_args(["--host", "http://127.0.0.1:1", "--run-time", "soon"])
+
+
+def test_profile_and_seeded_length_come_from_the_stack(monkeypatch):
+    """scripts/run_stack.sh --world exports the world as the default profile and its L."""
+    monkeypatch.setenv("TWIN_LOADTEST_WORKLOAD", "w2")
+    monkeypatch.setenv("TWIN_LOADTEST_SEEDED_LEN", "100000")
+    a = run.parse_args(["--host", "http://127.0.0.1:1"])
+    assert (a.profile, a.seeded_len) == ("W2", 100_000)
+    assert run.parse_args(["--host", "http://127.0.0.1:1", "--profile", "w3"]).profile == "W3"
+    assert "NOT the profile" in run.seeded_note(10_000, 1_000)
+    assert run.seeded_note(10_000, None).startswith("unknown")
+    cmd = run.locust_command(run.parse_args(["--host", "http://127.0.0.1:1", "--first-user-id", "7"]), "x")
+    assert cmd[cmd.index("--first-user-id") + 1] == "7" and cmd[cmd.index("--workload") + 1] == "W2"
+    monkeypatch.setenv("TWIN_LOADTEST_SEEDED_LEN", "lots")
+    with pytest.raises(ValueError, match="TWIN_LOADTEST_SEEDED_LEN"):
+        run.parse_args(["--host", "http://127.0.0.1:1"])

@@ -61,6 +61,17 @@ def test_score_and_event_bodies_follow_the_api_contract():
     assert len(small.score_body()["candidates"]) == 40
 
 
+def test_world_users_move_without_moving_the_items():
+    cfg = TrafficConfig(profile=PROFILES["W1"], n_users=200, n_items=300, first_user_id=1_000_001)
+    gen = TrafficGenerator(cfg, seed=5)
+    bodies = [gen.score_body() for _ in range(200)]
+    users = {b["user_id"] for b in bodies} | {e["user_id"] for _ in range(50) for e in gen.events_body()["events"]}
+    items = {c["item_id"] for b in bodies for c in b["candidates"]}
+    assert min(users) >= 1_000_001 and max(users) <= 1_000_200
+    assert min(items) >= 1 and max(items) <= 300  # items keep the demo offset 1
+    assert TrafficConfig(profile=PROFILES["W1"], n_users=5, n_items=5, id_offset=3).user_offset == 3
+
+
 def test_unknown_profile_names_the_choices():
     with pytest.raises(ValueError, match=r"'W9'.*W1"):
         get_profile("W9")
