@@ -34,7 +34,8 @@ train: $(STAMP)
 	$(PYTHON) -m training.cli train --data $(DATA) --out-registry $(REGISTRY) --report reports/train_ci.md
 
 train-movielens: $(STAMP)
-	$(PYTHON) -m training.cli train-movielens --out-registry var/models-movielens --report reports/train_movielens.md
+	$(PYTHON) -m training.cli train-movielens --data var/data/movielens --out-registry var/models-movielens \
+	  --variants twin,recent,nocross --report reports/train_movielens.md
 
 serve: $(STAMP)
 	$(PYTHON) -m service

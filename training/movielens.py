@@ -1,6 +1,6 @@
 """MovieLens (ml-latest-small) in the training on-disk format of docs/contracts.md.
 
-Mapping (see /work/shared/data/README.md):
+Mapping (see ../shared/data/README.md):
   * items: movieId remapped to dense ids 1..N in movieId order (0 is never an item); `genre` = the
     first listed genre, ids 1..G over the sorted genre names ("(no genres listed)" is one of them);
     `year` = release year from the title's trailing "(YYYY)", 0 when absent (13 titles);
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -32,7 +33,9 @@ from training.schemas import movielens_schema
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DIR = Path("/work/shared/data/ml-latest-small")
+# The project's shared folder lies beside the repository (../shared); TWIN_MOVIELENS_DIR overrides.
+DEFAULT_DIR = Path(os.environ.get(
+    "TWIN_MOVIELENS_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"))
 TAG_WINDOW_MS = 24 * 3_600_000
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 _KEY = 1_000_000_000  # user * _KEY + movieId: one int64 key per (user, movie)
