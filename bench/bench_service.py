@@ -1,9 +1,14 @@
 """Service benchmark, workload W1 (L = 10,000 behaviors, 100 candidates, k = 100, 4 heads).
 
-One run measures, on the same data:
-  * bare forward: `model.score` on the exact tensors one request produces (B = 1), no I/O;
+One run measures, on the same data and the same machine state:
+  * bare forward: `model.score` on the exact tensors one request produces (B = 1, float16 cached
+    projections as the local cache hands them over), no I/O, on as many torch threads as the
+    service's inference thread uses;
   * the full HTTP path: a real `python -m service` (uvicorn, uvloop, httptools) on loopback, with
     Redis reads, the local projection cache, micro-batching and JSON, at concurrency 1, 8 and 32.
+At concurrency 1 the bare forward and the HTTP path are measured in alternating rounds, so their
+ratio is not skewed by other jobs' load coming and going during the run. The output states the date,
+the load averages and the thread counts, so the figures can be read in context.
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams (pre-encoded
 requests), so the client steals as little CPU as possible from the server on a small machine.
 
@@ -20,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +38,15 @@ from cache.connection import open_redis
 from cache.layout import Keys
 from cache.projection_store import ProjectionStore
 from model_store.registry import ModelRegistry
+from service.engine.buckets import serving_buckets
+from service.engine.worker import default_threads
 from service.seeding import load_catalog, load_histories, project
 from training.schemas import synthetic_schema
 from twin.config import TwinConfig
 from twin.model import ServeBatch, TwinCTR
 
 L, C, K, HEADS = 10_000, 100, 100, 4
+MAX_CAND = 128  # the service's max_candidates in this run
 N_ITEMS, N_AUTHORS, N_CATS = 200_000, 20_000, 200
 N_USERS = 64
 NOW = 1_764_400_000_000
@@ -75,7 +85,8 @@ async def seed(url: str, keys: Keys, model: TwinCTR, version: str) -> None:
 
 
 async def bare_batch(url: str, keys: Keys, model: TwinCTR, version: str, uid: int) -> ServeBatch:
-    """The tensors the service builds for one request (B = 1), read from the same Redis."""
+    """The tensors the service builds for one request (B = 1), read from the same Redis: float16
+    projections (the model converts the key half and the selected value rows itself)."""
     h = await open_redis(url)
     try:
         block = (await BehaviorStore(h.client, keys, 2).read_newest([uid], L))[0]
@@ -84,15 +95,16 @@ async def bare_batch(url: str, keys: Keys, model: TwinCTR, version: str, uid: in
     finally:
         await h.aclose()
     t = torch.from_numpy
-    return ServeBatch(seq_proj=t(proj.astype(np.float32))[None], seq_cross=t(block.cross)[None],
+    return ServeBatch(seq_proj=t(np.asarray(proj, np.float16))[None], seq_cross=t(block.cross)[None],
                       seq_ts=t(block.ts)[None], seq_mask=torch.ones(1, L, dtype=torch.bool),
                       recent_items=t(recent)[None], cand=t(items(np.array(candidates(uid))))[None],
                       cand_mask=torch.ones(1, C, dtype=torch.bool), now=torch.tensor([NOW]), hist_len=torch.tensor([L]))
 
 
-def time_bare(model: TwinCTR, batch: ServeBatch, n: int) -> list[float]:
+def time_bare(model: TwinCTR, batch: ServeBatch, n: int, warm: int = 5) -> list[float]:
+    """-> n wall-clock latencies (ms) of model.score on batch."""
     with torch.inference_mode():
-        for _ in range(5):
+        for _ in range(warm):
             model.score(batch)
         out = []
         for _ in range(n):
@@ -119,30 +131,55 @@ async def call(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: 
     return status, await reader.readexactly(length)
 
 
-async def load(port: int, conc: int, seconds: float, reqs: list[bytes]) -> tuple[list[float], float, int, dict]:
-    lat: list[float] = []
-    stages: dict[str, list[float]] = {}
-    errors = 0
+@dataclass
+class Run:
+    """One load run's results (latencies in ms)."""
+
+    lat: list[float] = field(default_factory=list)
+    secs: float = 0.0
+    errors: int = 0
+    degraded: int = 0
+    stages: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, other: "Run") -> None:
+        self.lat += other.lat
+        self.secs += other.secs
+        self.errors += other.errors
+        self.degraded += other.degraded
+        for k, v in other.stages.items():
+            self.stages.setdefault(k, []).extend(v)
+
+
+async def load(port: int, conc: int, reqs: list[bytes], seconds: float = 0.0, n: int = 0) -> Run:
+    """conc keep-alive clients sending reqs round-robin for `seconds`, or `n` requests in all."""
+    run = Run()
+    sent = 0
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(conc)]  # before the clock starts
     stop_at = time.perf_counter() + seconds
 
     async def worker(w: int) -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        nonlocal sent
+        reader, writer = conns[w]
         i = w
-        while time.perf_counter() < stop_at:
+        while (sent < n) if n else (time.perf_counter() < stop_at):
+            sent += 1
             t0 = time.perf_counter()
             status, body = await call(reader, writer, reqs[i % len(reqs)])
-            lat.append((time.perf_counter() - t0) * 1e3)
-            errors += status != 200
-            if status == 200:
-                for k, v in json.loads(body)["timings_ms"].items():
-                    stages.setdefault(k, []).append(v)
+            run.lat.append((time.perf_counter() - t0) * 1e3)
+            if status != 200:
+                run.errors += 1
+            else:
+                j = json.loads(body)
+                run.degraded += bool(j["degraded"])
+                for k, v in j["timings_ms"].items():
+                    run.stages.setdefault(k, []).append(v)
             i += conc
         writer.close()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(conc)))
-    return lat, time.perf_counter() - t0, errors, {k: pct(v, 50) for k, v in stages.items()}
+    run.secs = time.perf_counter() - t0
+    return run
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -171,6 +208,12 @@ async def wait_ready(port: int, timeout: float = 300.0) -> None:
     raise TimeoutError("service did not become ready")
 
 
+def machine_line() -> str:
+    load1, load5, load15 = os.getloadavg()
+    return (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
+            f"load average {load1:.2f} / {load5:.2f} / {load15:.2f} (1 / 5 / 15 min)")
+
+
 async def bench(quick: bool) -> None:
     from cache.connection import EmbeddedRedis
 
@@ -182,6 +225,10 @@ async def bench(quick: bool) -> None:
     keys = Keys(prefix=f"bench{os.getpid()}")
     tmp = Path(tempfile.mkdtemp(prefix="twin-bench-"))
     proc = None
+    threads = default_threads(torch.device("cpu"))  # what the service's inference thread runs on
+    torch.set_num_threads(threads)
+    at_start = machine_line()
+    rounds, per_round_s, conc_s = (3, 2.0, 4.0) if quick else (5, 4.0, 15.0)
     try:
         model = w1_model()
         reg = ModelRegistry(tmp / "models")
@@ -192,19 +239,25 @@ async def bench(quick: bool) -> None:
         print(f"seeded {N_ITEMS:,} items, {N_USERS} users x {L:,} behaviors, projections in "
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
         batch = await bare_batch(url, keys, model, version, 0)
-        bare = time_bare(model, batch, 30 if quick else 200)
         port = free_port()
         env = {**os.environ, "REDIS_URL": url, "TWIN_REDIS_PREFIX": keys.prefix, "TWIN_MODEL_ROOT": str(tmp / "models"),
-               "TWIN_PORT": str(port), "TWIN_DEVICE": "cpu", "TWIN_MAX_CANDIDATES": "128",
-               "TWIN_EMBEDDED_REDIS_DIR": "", "TWIN_DEADLINE_MS": "10000"}
+               "TWIN_PORT": str(port), "TWIN_DEVICE": "cpu", "TWIN_MAX_CANDIDATES": str(MAX_CAND),
+               "TWIN_EMBEDDED_REDIS_DIR": "", "TWIN_DEADLINE_MS": "10000", "TWIN_TORCH_THREADS": str(threads),
+               # the CPU default buckets (8 steps per octave), explicit so the run does not depend on who
+               # picks the defaults: power-of-two buckets would pad W1's 100 candidates to 128
+               "TWIN_SEQ_BUCKETS": json.dumps(serving_buckets(64, L, "cpu", align=64)),
+               "TWIN_CAND_BUCKETS": json.dumps(serving_buckets(8, MAX_CAND, "cpu"))}
         proc = subprocess.Popen([sys.executable, "-m", "service", "--log-level", "warning"], env=env)
         await wait_ready(port)
         reqs = [request_bytes(port, u) for u in range(N_USERS)]
-        await load(port, 4, 2.0, reqs)  # warm the local cache and the connection paths
-        rows = []
-        for conc in (1, 8, 32):
-            lat, secs, errors, stages = await load(port, conc, 4.0 if quick else 15.0, reqs)
-            rows.append((conc, pct(lat, 50), pct(lat, 99), len(lat) / secs, errors, len(lat), stages))
+        await load(port, 4, reqs, n=2 * N_USERS)  # every user once through the local cache and the paths
+        # Concurrency 1, alternating with the bare forward: both see the same load over the run.
+        bare: list[float] = []
+        one = Run()
+        for _ in range(rounds):
+            bare += time_bare(model, batch, int(per_round_s * 1e3 / 2 / 40), warm=2)
+            one.add(await load(port, 1, reqs, seconds=per_round_s / 2))
+        runs = [(1, one)] + [(c, await load(port, c, reqs, seconds=conc_s)) for c in (8, 32)]
     finally:
         if proc is not None:
             proc.terminate()
@@ -212,14 +265,19 @@ async def bench(quick: bool) -> None:
         if emb is not None:
             emb.stop()
     b50, b99 = pct(bare, 50), pct(bare, 99)
-    print(f"\n### W1 (L={L:,}, C={C}, k={K}, {HEADS} heads), {torch.get_num_threads()} torch threads, CPU\n")
-    print(f"bare forward `model.score` (B=1): p50 {b50:.2f} ms, p99 {b99:.2f} ms, {1e3 / b50:.1f} req/s\n")
-    print("| concurrency | HTTP p50 ms | HTTP p99 ms | req/s | HTTP p50 / bare p50 | errors | requests "
+    print(f"\n### W1 (L={L:,}, C={C}, k={K}, {HEADS} heads), CPU\n")
+    print(f"{'quick run' if quick else 'full run'}; start: {at_start}; end: {machine_line()}.  ")
+    print(f"torch threads: {threads} in the bare forward and in the service's inference thread.\n")
+    print(f"bare forward `model.score` (B=1, float16 projections): p50 {b50:.2f} ms, p99 {b99:.2f} ms, "
+          f"{1e3 / b50:.1f} req/s ({len(bare)} calls, interleaved with the concurrency-1 rounds)\n")
+    print("| concurrency | HTTP p50 ms | HTTP p99 ms | req/s | HTTP p50 / bare p50 | errors | degraded | requests "
           "| server p50 ms: queue / fetch / gsu / esu / total |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---|")
-    for conc, p50, p99, rps, errors, n, st in rows:
-        split = " / ".join(f"{st.get(k, float('nan')):.1f}" for k in ("queue", "fetch", "gsu", "esu", "total"))
-        print(f"| {conc} | {p50:.2f} | {p99:.2f} | {rps:.1f} | {p50 / b50:.2f}x | {errors} | {n} | {split} |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for conc, r in runs:
+        split = " / ".join(f"{pct(r.stages[k], 50):.1f}" if r.stages.get(k) else "-"
+                           for k in ("queue", "fetch", "gsu", "esu", "total"))
+        print(f"| {conc} | {pct(r.lat, 50):.2f} | {pct(r.lat, 99):.2f} | {len(r.lat) / r.secs:.1f} | "
+              f"{pct(r.lat, 50) / b50:.2f}x | {r.errors} | {r.degraded} | {len(r.lat)} | {split} |")
 
 
 def main() -> None:

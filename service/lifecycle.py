@@ -18,7 +18,7 @@ import torch
 
 from model_store.errors import ArtifactError, RegistryError, VersionNotFoundError
 from model_store.registry import ModelRegistry
-from service.engine.buckets import clip_buckets, default_buckets
+from service.engine.buckets import clip_buckets, serving_buckets
 from service.engine.engine import Engine
 from service.engine.forward import run_batch, synthetic_inputs
 from service.engine.slot import ModelSlot
@@ -164,9 +164,11 @@ class ModelManager:
             log.warning("L=%d (TWIN_MAX_SEQ_LEN or the model max_len) exceeds TWIN_BEHAVIOR_CAP=%d: reading %d",
                         L, s.behavior_cap, s.behavior_cap)
             L = s.behavior_cap
-        seq_buckets = clip_buckets(s.seq_buckets, L) if s.seq_buckets else default_buckets(min(64, L), L)
+        # powers of two on GPU (few shapes to warm), 8 steps per octave on CPU (padding is pure compute)
+        seq_buckets = (clip_buckets(s.seq_buckets, L) if s.seq_buckets
+                       else serving_buckets(min(64, L), L, device.type, align=64))
         cand_buckets = (clip_buckets(s.cand_buckets, s.max_candidates) if s.cand_buckets
-                        else default_buckets(min(8, s.max_candidates), s.max_candidates))
+                        else serving_buckets(min(8, s.max_candidates), s.max_candidates, device.type))
         client = self.redis.client
         catalog = CatalogStore(client, self.keys, len(cfg.schema.inherent))
         projections = ProjectionStore(client, self.keys, version, model.proj_dim)

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     half_precision: bool = Field(
         True, description="On CUDA, run the model under float16 autocast (ignored on CPU, which stays float32)."
     )
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads of the inference thread.")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads of the inference thread; unset -> half the cores.")
     max_seq_len: int | None = Field(
         None, ge=1, description="Behaviors read per user (L); unset -> the active model's cfg.max_len (its "
         "training length). May exceed it (the model is length-agnostic), up to behavior_cap.",

@@ -10,18 +10,22 @@ No score averaging: a behavior ranked high by any one head is kept.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 NEG_INF = float("-inf")
 
 
-def attention_logits(keys: torch.Tensor, queries: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def attention_logits(keys: torch.Tensor, queries: torch.Tensor, bias: torch.Tensor | None,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
     """The ONE implementation of alpha (paper eq. 3-5), shared by training, projector and serving.
 
-    keys    [..., n, d_k]  cached key projections P_a = K_h W^h_a (any leading batch dims)
+    keys    [..., n, d_k]  cached key projections P_a = K_h W^h_a (any leading batch dims, any strides)
     queries [..., m, d_k]  q W^q_a of the targets
     bias    [..., 1, n]    cross bias b_a (or None: no bias); -inf marks padded behaviors
+    out     [..., m, n]    optional contiguous destination (no autograd), e.g. one user's slice of a batch
     returns [..., m, n]    alpha_a = P_a (q W^q_a)^T / sqrt(d_k) + b_a
     With a bias the leading dims of keys, queries and bias must agree; the scale and the bias are
     fused into one baddbmm so the [.., m, n] tensor (4M entries at W1) is written once.
@@ -31,13 +35,13 @@ def attention_logits(keys: torch.Tensor, queries: torch.Tensor, bias: torch.Tens
     if bias is None:
         return torch.matmul(queries, keys.transpose(-1, -2)) * scale
     lead, m, n = queries.shape[:-2], queries.shape[-2], keys.shape[-2]
-    out = torch.baddbmm(
-        bias.reshape(-1, 1, n),                     # [X, 1, n] broadcast over the m queries
-        queries.reshape(-1, m, d_k),                # [X, m, d_k]
-        keys.transpose(-1, -2).reshape(-1, d_k, n),  # [X, d_k, n]
-        alpha=scale,
-    )
-    return out.view(*lead, m, n)
+    args = (bias.reshape(-1, 1, n),                     # [X, 1, n] broadcast over the m queries
+            queries.reshape(-1, m, d_k),                # [X, m, d_k]
+            keys.transpose(-1, -2).reshape(-1, d_k, n))  # [X, d_k, n]: a view when keys are [X, n, d_k]
+    if out is not None:
+        torch.baddbmm(*args, alpha=scale, out=out.view(-1, m, n))
+        return out
+    return torch.baddbmm(*args, alpha=scale).view(*lead, m, n)
 
 
 def cross_bias(cross_parts: list[torch.Tensor], w_c: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -58,29 +62,126 @@ def cross_bias(cross_parts: list[torch.Tensor], w_c: torch.Tensor, beta: torch.T
     return out
 
 
-def _topk_by_value_then_position(alpha: torch.Tensor, kk: int) -> torch.Tensor:
-    """Indices of the kk largest entries of the last dim, ordered by value desc then position asc.
+def _take(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """x [R, L] at idx [R, W] -> [R, W] (torch's gather: 2-4x faster than np.take_along_axis here)."""
+    return torch.from_numpy(x).gather(-1, torch.from_numpy(idx)).numpy()
 
-    alpha [..., L] -> [..., kk]. torch.topk does not define which of tied values it keeps, so one
-    extra rank is fetched: if the (kk+1)-th value equals the kk-th, a tie straddles the cut and
-    those rows are redone with a stable full sort (rare with real-valued alpha).
+
+@dataclass
+class _Candidates:
+    """Per row of x [R, L], the candidate entries of the n largest (see _candidates)."""
+
+    vals: np.ndarray  # [R, W] float32; columns j < s*n_keep: member j // n_keep of group groups[:, j % n_keep]
+    groups: np.ndarray | None  # [R, n_keep] kept group ids; None: every column is a candidate (W = L)
+    s: int  # members per group
+    G: int  # groups per row; columns >= s*G (the tail) are always candidates
+
+    def positions(self, rows: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """rows, candidate columns j (same shape, any) -> positions in the row, int64"""
+        if self.groups is None:
+            return j.astype(np.int64)
+        n_keep = self.groups.shape[1]
+        grouped = j < self.s * n_keep
+        member = self.groups[rows, np.where(grouped, j % n_keep, 0)] + self.G * (j // n_keep)
+        return np.where(grouped, member, j - self.s * n_keep + self.s * self.G)
+
+
+def _candidates(x: np.ndarray, n: int) -> _Candidates:
+    """Candidates holding every entry >= the n-th largest of its row, x [R, L] float32 (CPU).
+
+    Two levels, so the selection runs on ~2*sqrt(L*n) entries instead of L: the row is cut into
+    G groups of s strided members (group g = columns g, g+G, ...: the maxima are elementwise maxima of
+    s contiguous slices); with t the n-th largest group maximum, the groups whose maximum is >= t are
+    kept (with a few below t as slack) and their members are the candidates. Complete: n group maxima
+    are >= t, so the n-th largest entry v is >= t; every entry >= v >= t lies in a group whose maximum
+    is >= t. Groups tied at t are all kept, so tied values are never cut arbitrarily (the caller orders
+    ties by position).
+    Example: L = 10,000, n = 100 -> s = 10, G = 1,000: select among 1,000 maxima, then ~1,000 members.
     """
-    L = alpha.shape[-1]
+    R, L = x.shape
+    s = max(1, round(math.sqrt(L / n)))
+    G = L // s
+    if s < 2 or G < 2 * n:  # too short for two levels to pay: every entry is a candidate
+        return _Candidates(x, None, 1, L)
+    body = torch.from_numpy(x)[:, :s * G].view(R, s, G)  # [R, s, G]
+    gmax = body.amax(1).numpy()  # [R, G]
+    # The n + n // 8 largest maxima in one selection: the slack holds the groups tied at t (repeated
+    # behaviors tie often), so a second selection is rarely needed.
+    m = min(G, n + n // 8)
+    groups = np.argpartition(gmax, G - m, axis=-1)[:, G - m:]  # [R, m]
+    t = np.partition(_take(gmax, groups), m - n, axis=-1)[:, m - n:m - n + 1]  # [R, 1] n-th largest maximum
+    n_keep = int((gmax >= t).sum(1).max())  # >= n: groups tied at t are kept too
+    if n_keep > m:
+        groups = np.argpartition(gmax, G - n_keep, axis=-1)[:, G - n_keep:]
+    # [R, n_keep]: every group whose maximum is >= t (the m largest hold them all when n_keep <= m)
+    groups = np.ascontiguousarray(groups)
+    n_keep = groups.shape[1]
+    g = torch.from_numpy(groups)[:, None, :].expand(R, s, n_keep)
+    vals = body.gather(-1, g).reshape(R, s * n_keep)  # [R, s*n_keep]
+    if s * G < L:  # the tail columns belong to no group: always candidates
+        vals = torch.cat([vals, torch.from_numpy(x[:, s * G:])], dim=1)
+    return _Candidates(vals.numpy(), groups, s, G)
+
+
+def _order_key(vals: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """float32 values [R, W] and positions [R, W] -> int64 keys, larger = (value desc, position asc).
+
+    The float bits are mapped to an int32 of the same order (negatives: magnitude bits flipped), put
+    above the complemented position: every key is unique, so a plain selection/sort on the keys
+    is the tie-broken order with no tie handling. -0.0 is folded into +0.0 first (they compare equal).
+    """
+    bits = (vals + np.float32(0.0)).view(np.int32)
+    mono = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))  # [R, W] int32, same order as the floats
+    return (mono.astype(np.int64) << 32) + (np.int64(0xFFFFFFFF) - pos)
+
+
+def _topk_cpu(x: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """_topk_by_value_then_position for float32 on the CPU: numpy's introselect (argpartition) on
+    ~1,000 candidates per row, then unique (value, position) keys on the ~kk survivors; 3-5x faster
+    than torch.topk and its stable sorts at W1."""
+    xa = x.detach().contiguous().numpy()  # [R, L]
+    c = _candidates(xa, kk)
+    R, W = c.vals.shape
+    cut = np.partition(c.vals, W - kk, axis=-1)[:, W - kk:W - kk + 1] if W > kk else c.vals.min(1, keepdims=True)
+    rows, j = np.nonzero(c.vals >= cut)  # the kk largest of each row and every entry tied with its kk-th
+    count = np.bincount(rows, minlength=R)  # [R] >= kk
+    slot = np.arange(rows.size) - (np.cumsum(count) - count)[rows]  # rank of each survivor in its row
+    key = np.full((R, int(count.max())), np.iinfo(np.int64).min)  # [R, width]; padding sorts last
+    key[rows, slot] = _order_key(c.vals[rows, j], c.positions(rows, j))
+    key = np.sort(key, axis=-1)[:, :-kk - 1:-1]  # [R, kk] descending
+    idx = np.int64(0xFFFFFFFF) - (key & np.int64(0xFFFFFFFF))
+    return torch.from_numpy(_take(xa, idx)), torch.from_numpy(idx)
+
+
+def _topk_torch(x: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """_topk_by_value_then_position with torch ops (any device/dtype). torch.topk does not define which
+    of tied values it keeps, so one extra rank is fetched: if the (kk+1)-th value equals the kk-th, a
+    tie straddles the cut and those rows are redone with a stable full sort."""
+    L = x.shape[-1]
     fetch = min(kk + 1, L)
-    vals, idx = torch.topk(alpha, fetch, dim=-1)  # [..., fetch], values descending
+    vals, idx = torch.topk(x, fetch, dim=-1)  # [R, fetch], values descending
     if fetch > kk:
-        straddles = vals[..., kk] == vals[..., kk - 1]  # [...]
+        straddles = vals[..., kk] == vals[..., kk - 1]
         vals, idx = vals[..., :kk], idx[..., :kk]
     else:
         straddles = None
     # Order the kept ones: stable sort by position, then stable sort by value (descending).
     pos_order = idx.sort(dim=-1, stable=True).indices
     idx, vals = idx.gather(-1, pos_order), vals.gather(-1, pos_order)
-    idx = idx.gather(-1, vals.sort(dim=-1, descending=True, stable=True).indices)
+    by_value = vals.sort(dim=-1, descending=True, stable=True).indices
+    idx, vals = idx.gather(-1, by_value), vals.gather(-1, by_value)
     if straddles is not None and bool(straddles.any()):
         idx = idx.clone()
-        idx[straddles] = alpha[straddles].sort(dim=-1, descending=True, stable=True).indices[..., :kk]
-    return idx
+        idx[straddles] = x[straddles].sort(dim=-1, descending=True, stable=True).indices[..., :kk]
+    return vals, idx
+
+
+def _topk_by_value_then_position(x: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kk largest entries of each row, ordered by value desc then position asc (so ties keep the
+    newest behaviors, deterministically). x [R, L] -> values [R, kk] (descending), indices [R, kk]."""
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        return _topk_cpu(x, kk)
+    return _topk_torch(x, kk)
 
 
 def round_robin_topk(alpha: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,33 +190,30 @@ def round_robin_topk(alpha: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     alpha [B, A, C, L] relevance, -inf at padded behaviors
     returns positions [B, C, k] int64 (in union order, -1 where fewer than k valid behaviors exist)
             valid     [B, C, k] bool
-    Vectorized over B, C (no Python loop per candidate).
+    Vectorized over B, C (no Python loop per candidate), and no sort over the union: a behavior's
+    first occurrence is found through a dense [B*C, L] table of first interleave ranks (one scatter,
+    one gather), and the kept ones are compacted by scattering to their running count.
     """
     B, A, C, L = alpha.shape
+    R, dev = B * C, alpha.device
     kk = min(k, L)  # head 0's top-k alone holds k unique behaviors, so rank k is the deepest needed
-    top = _topk_by_value_then_position(alpha, kk)  # [B, A, C, kk]
-    top_valid = alpha.gather(-1, top) > NEG_INF  # [B, A, C, kk]
-    # Interleave rank-major: rank 0 of heads 0..A-1, then rank 1, ...
-    flat = top.permute(0, 2, 3, 1).reshape(B, C, kk * A)  # [B, C, M], M = kk*A
-    flat_valid = top_valid.permute(0, 2, 3, 1).reshape(B, C, kk * A)
+    vals, top = _topk_by_value_then_position(alpha.reshape(B * A * C, L), kk)  # [B*A*C, kk]
     M = kk * A
-    # First occurrence of each position: a stable sort keeps equal positions in interleave order.
-    sorted_pos, perm = flat.sort(dim=-1, stable=True)  # [B, C, M]
-    first_sorted = torch.ones_like(sorted_pos, dtype=torch.bool)
-    first_sorted[..., 1:] = sorted_pos[..., 1:] != sorted_pos[..., :-1]
-    first = torch.zeros_like(first_sorted).scatter(-1, perm, first_sorted)
-    keep = first & flat_valid
-    keep &= keep.cumsum(-1) <= k
-    # Compact the kept entries to the front, preserving interleave order.
-    order_key = torch.arange(M, device=alpha.device) + (~keep) * M  # [B, C, M]
-    order = order_key.argsort(dim=-1)[..., :k] if M >= k else order_key.argsort(dim=-1)
-    positions = flat.gather(-1, order)
-    valid = keep.gather(-1, order)
-    if positions.shape[-1] < k:  # L < k: pad to k
-        pad = k - positions.shape[-1]
-        positions = torch.nn.functional.pad(positions, (0, pad), value=-1)
-        valid = torch.nn.functional.pad(valid, (0, pad), value=False)
-    return positions.masked_fill(~valid, -1), valid
+    # Interleave rank-major: rank 0 of heads 0..A-1, then rank 1, ...
+    flat = top.view(B, A, C, kk).permute(0, 2, 3, 1).reshape(R, M)  # [R, M]
+    flat_valid = (vals > NEG_INF).view(B, A, C, kk).permute(0, 2, 3, 1).reshape(R, M)
+    rank_t = torch.int16 if M < 2 ** 15 else torch.int32
+    rank = torch.arange(M, dtype=rank_t, device=dev).expand(R, M)  # [R, M] interleave index
+    first_rank = torch.full((R, L), M, dtype=rank_t, device=dev)  # [R, L]
+    first_rank.scatter_reduce_(-1, flat, rank, "amin")
+    keep = (first_rank.gather(-1, flat) == rank) & flat_valid  # [R, M] first occurrences
+    count = keep.cumsum(-1)  # [R, M]
+    keep &= count <= k
+    # Compact in interleave order: kept entry -> slot count-1; the rest -> dummy slot k (dropped).
+    dest = torch.where(keep, count - 1, k)
+    out = torch.full((R, k + 1), -1, dtype=torch.int64, device=dev)
+    positions = out.scatter_(-1, dest, flat)[:, :k].reshape(B, C, k)
+    return positions, positions >= 0
 
 
 def recent_topk(seq_mask: torch.Tensor, n_cand: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:

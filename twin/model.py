@@ -18,6 +18,7 @@ Example: B=1 user, L=10_000 behaviors, C=100 candidates, A=4, d_k=16, k=100:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -84,11 +85,15 @@ class GsuResult:
 
 
 def _gather_seq(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """x [B, L, ...] gathered at positions [B, C, k] (-1 allowed) -> [B, C, k, ...]"""
+    """x [B, L, ...] gathered at positions [B, C, k] (-1 allowed) -> [B, C, k, ...]
+
+    One index_select over the B*L flattened rows: 2-3x faster than advanced indexing on the CPU, and
+    x may be a strided view (e.g. the value half of the cached projections: only that half is read).
+    """
     B, C, k = positions.shape
-    idx = positions.clamp_min(0).reshape(B, C * k)  # [B, C*k]
-    out = x[torch.arange(B, device=x.device)[:, None], idx]  # [B, C*k, ...]
-    return out.reshape(B, C, k, *x.shape[2:])
+    L, tail = x.shape[1], x.shape[2:]
+    rows = positions.clamp_min(0) + (torch.arange(B, device=x.device) * L)[:, None, None]  # [B, C, k]
+    return x.reshape(B * L, *tail).index_select(0, rows.reshape(-1)).reshape(B, C, k, *tail)
 
 
 class TwinCTR(nn.Module):
@@ -149,11 +154,33 @@ class TwinCTR(nn.Module):
             bias = torch.zeros_like(bias)
         return parts, bias
 
-    def _full_alpha(self, keys: torch.Tensor, queries: torch.Tensor, bias: torch.Tensor, seq_mask: torch.Tensor):
+    def _full_alpha(self, keys: torch.Tensor, queries: torch.Tensor, bias: torch.Tensor, seq_mask: torch.Tensor,
+                    scratch: torch.Tensor | None = None) -> torch.Tensor:
         """keys [B, L, A, d_k], queries [B, C, A, d_k], bias [B, L, A], seq_mask [B, L]
-        -> alpha [B, A, C, L], -inf at padding (the mask rides in the bias, so one pass writes alpha)."""
-        bias_m = bias.masked_fill(~seq_mask[:, :, None], float("-inf")).permute(0, 2, 1)  # [B, A, L]
-        return attention_logits(keys.transpose(1, 2), queries.transpose(1, 2), bias_m[:, :, None, :])
+        -> alpha [B, A, C, L], -inf at padding (the mask rides in the bias, so one pass writes alpha).
+
+        keys may be a strided view (the key half of the cached projections) in float16: only a
+        dtype conversion copies them; the GEMM reads keys^T [A, d_k, L] in place (transposed operand),
+        so no [B, A, d_k, L] transposing copy is made. The bias is made contiguous [B, A, L]: a strided
+        bias makes baddbmm's broadcast of it into the [B, A, C, L] output several times slower.
+        scratch: optional 1-D CPU buffer of >= B*A*C*L elements of the query dtype that alpha is written
+        into (no autograd) instead of fresh memory; the caller must not use it again while alpha lives.
+        """
+        keys = keys.to(queries.dtype)  # [B, L, A, d_k]
+        bias_m = bias.masked_fill(~seq_mask[:, :, None], float("-inf")).permute(0, 2, 1).contiguous()  # [B, A, L]
+        B, L, A, _ = keys.shape
+        shape = (B, A, queries.shape[1], L)
+        if keys.device.type != "cpu" or (B == 1 and scratch is None):
+            # one batched GEMM (B > 1: a copy folds (B, A) into one batch dim, cheap on GPUs)
+            return attention_logits(keys.transpose(1, 2), queries.transpose(1, 2), bias_m[:, :, None, :])
+        n = math.prod(shape)
+        if scratch is not None and (scratch.numel() < n or scratch.dtype != queries.dtype):
+            raise ValueError(f"scratch of {scratch.numel()} {scratch.dtype} cannot hold alpha {shape} {queries.dtype}")
+        alpha = (scratch[:n].view(shape) if scratch is not None
+                 else torch.empty(shape, dtype=queries.dtype, device=keys.device))
+        for i in range(B):  # per user: (A) folds into the GEMM batch without copying the keys
+            attention_logits(keys[i].transpose(0, 1), queries[i].transpose(0, 1), bias_m[i, :, None, :], out=alpha[i])
+        return alpha
 
     def _select(self, alpha: torch.Tensor, seq_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """alpha [B, A, C, L] -> positions, valid [B, C, k]"""
@@ -232,12 +259,15 @@ class TwinCTR(nn.Module):
         return hits, oracle_size
 
     # ---- serving path -------------------------------------------------------------------------
-    def select(self, b: ServeBatch) -> GsuResult:
-        """CP-GSU from cached projections: alpha over all L, round-robin top-k."""
+    def select(self, b: ServeBatch, scratch: torch.Tensor | None = None) -> GsuResult:
+        """CP-GSU from cached projections: alpha over all L, round-robin top-k.
+
+        scratch: optional reusable CPU buffer for alpha (see _full_alpha; alpha does not outlive this
+        call): at W1 alpha is 16 MB per request, and fresh memory for it costs ~4,000 page faults."""
         q_emb, queries = self._queries(b.cand)  # [B, C, H], [B, C, A, d_k]
         cross_parts, bias = self._cross(b.seq_cross, b.seq_ts, b.now)
-        keys, _ = self._split_proj(b.seq_proj.to(queries.dtype))  # [B, L, A, d_k]
-        alpha = self._full_alpha(keys, queries, bias, b.seq_mask)  # [B, A, C, L]
+        keys, _ = self._split_proj(b.seq_proj)  # [B, L, A, d_k] view; only this half is converted
+        alpha = self._full_alpha(keys, queries, bias, b.seq_mask, scratch)  # [B, A, C, L]
         positions, valid = self._select(alpha, b.seq_mask)
         idx = positions.clamp_min(0)[:, None].expand(-1, self.cfg.n_heads, -1, -1)  # [B, A, C, k]
         alpha_sel = alpha.gather(-1, idx).transpose(1, 2)  # [B, C, A, k]
@@ -246,7 +276,8 @@ class TwinCTR(nn.Module):
 
     def finish(self, b: ServeBatch, g: GsuResult, explain: bool = False) -> ServeOutput:
         """ESU over the selected behaviors, short-term module and tower."""
-        _, vals_inh = self._split_proj(_gather_seq(b.seq_proj, g.positions).to(g.q_emb.dtype))
+        _, vals_all = self._split_proj(b.seq_proj)  # [B, L, A, d_v] view: only the selected rows are read
+        vals_inh = _gather_seq(vals_all, g.positions).to(g.q_emb.dtype)  # [B, C, k, A, d_v]
         cross_sel = [_gather_seq(p, g.positions) for p in g.cross_emb]
         weights, heads, evidence = esu_pool(g.alpha_sel, self._values(vals_inh, cross_sel), g.valid)
         S = b.recent_items.shape[1]  # min(short_len, L)

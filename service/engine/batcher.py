@@ -1,12 +1,20 @@
 """Micro-batcher in the style of Triton's dynamic batcher.
 
 One asyncio task runs a busy loop of three steps (vLLM's engine core shape):
-  1. take work: wait for a request; if the worker was idle, wait up to `max_wait_ms` for more
-     (or until the batch is full); drop requests whose deadline passed or whose caller left;
+  1. take work: wait for a request; if the worker was idle and other requests are still being
+     fetched, wait up to `max_wait_ms` for them (or until the batch is full); with none on the way,
+     run at once (a lone request pays no batching wait); drop requests whose deadline passed or
+     whose caller left;
   2. run the batch on the inference thread (requests of ONE model slot per batch);
   3. hand results back through each request's future: as many results as requests, always.
 While step 2 runs, new requests queue up, so under load batches fill without waiting.
-The queue is bounded: past `queue_max` a request is refused at once (429 + Retry-After).
+
+Admission (before the fetch): requests fetched or being fetched but not yet in a batch hold at most
+two batches' worth of candidates (`window_candidates`); later ones wait, unfetched. A burst then does
+not fetch far ahead of the model: its Redis budget is not spent waiting on our own busy loop (which
+scored requests degraded), and its data is not stale by the time it runs.
+The queue is bounded: past `queue_max` waiting requests (admission + queue) a request is refused at
+once (429 + Retry-After).
 """
 from __future__ import annotations
 
@@ -24,6 +32,26 @@ from service.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+class Admission:
+    """A request's place in the fetch window, from `MicroBatcher.admit` until its batch starts or it
+    leaves. `submitted` and `release` are idempotent; the caller releases in a finally."""
+
+    def __init__(self, batcher: "MicroBatcher", n_cand: int):
+        self._batcher, self.n_cand = batcher, n_cand
+        self._fetching = self._held = True
+
+    def submitted(self) -> None:
+        if self._fetching:
+            self._fetching = False
+            self._batcher._end_fetch()
+
+    def release(self) -> None:
+        self.submitted()
+        if self._held:
+            self._held = False
+            self._batcher._end_admission(self.n_cand)
+
+
 class MicroBatcher:
     def __init__(self, worker: InferenceWorker, metrics: Metrics, *, max_candidates: int, max_requests: int,
                  max_wait_ms: float, queue_max: int):
@@ -33,26 +61,90 @@ class MicroBatcher:
         self.max_requests = max_requests
         self.max_wait_s = max_wait_ms / 1e3
         self.queue_max = queue_max
+        self.window_candidates = 2 * max_candidates
         self._queue: collections.deque[Pending] = collections.deque()
         self._queued_candidates = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._admitted_candidates = 0  # of requests admitted and not yet in a batch
+        self._fetching = 0  # admitted requests not yet submitted
+        self._waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()  # FIFO
+
+    def _fits(self, n_cand: int) -> bool:
+        return self._admitted_candidates == 0 or self._admitted_candidates + n_cand <= self.window_candidates
+
+    def _end_fetch(self) -> None:
+        self._fetching -= 1
+        self._wakeup.set()  # an idle batcher waiting for fetches re-checks
+
+    def _end_admission(self, n_cand: int) -> None:
+        self._admitted_candidates -= n_cand
+        self._grant()
+
+    def _grant(self) -> None:
+        """Admit waiters in arrival order while they fit (each wakes exactly once)."""
+        while self._waiters:
+            n_cand, fut = self._waiters[0]
+            if fut.done():  # gave up (deadline, disconnect)
+                self._waiters.popleft()
+                continue
+            if not self._fits(n_cand):
+                break
+            self._waiters.popleft()
+            self._admitted_candidates += n_cand
+            self._fetching += 1
+            fut.set_result(None)
+        self._set_depth()
+
+    async def admit(self, n_cand: int, deadline: float) -> Admission:
+        """Wait (FIFO) for room in the fetch window; a request alone always fits. Raises Overloaded when
+        queue_max requests already wait, DeadlineExceeded at `deadline` (time.monotonic())."""
+        if self.stopped:
+            raise NotReady("the engine is not running", reason="engine_stopped")
+        if len(self._waiters) + len(self._queue) >= self.queue_max:
+            self.metrics.shed.labels(reason="queue_full").inc()
+            raise Overloaded(f"queue full ({self.queue_max} requests waiting)", reason="queue_full")
+        if not self._waiters and self._fits(n_cand):
+            self._admitted_candidates += n_cand
+            self._fetching += 1
+            return Admission(self, n_cand)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((n_cand, fut))
+        self._set_depth()
+        try:
+            await asyncio.wait_for(fut, max(deadline - time.monotonic(), 0.0))
+        except BaseException as e:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:  # granted as we left
+                Admission(self, n_cand).release()
+            if isinstance(e, TimeoutError):
+                self.metrics.shed.labels(reason="deadline").inc()
+                raise DeadlineExceeded("deadline passed while waiting for admission", reason="deadline") from None
+            raise
+        finally:
+            self._set_depth()
+        return Admission(self, n_cand)
+
+    def _set_depth(self) -> None:
+        self.metrics.queue_depth.set(len(self._queue) + len(self._waiters))
 
     # ---- front end ---------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="twin-batcher")
 
-    def submit(self, inputs: ScoreInputs, deadline: float) -> asyncio.Future:
-        """Queue a request; its future resolves to a ScoreResult. Raises Overloaded when full."""
+    def submit(self, inputs: ScoreInputs, deadline: float, admission: Admission | None = None) -> asyncio.Future:
+        """Queue a request; its future resolves to a ScoreResult. Raises Overloaded when full.
+        Its admission (if any) is released when its batch starts."""
+        if admission is not None:
+            admission.submitted()
         if self.stopped:
             raise NotReady("the engine is not running", reason="engine_stopped")
         if len(self._queue) >= self.queue_max:
             self.metrics.shed.labels(reason="queue_full").inc()
             raise Overloaded(f"queue full ({self.queue_max} requests waiting)", reason="queue_full")
         fut = asyncio.get_running_loop().create_future()
-        self._queue.append(Pending(inputs, deadline, fut, enqueued_at=time.monotonic()))
+        self._queue.append(Pending(inputs, deadline, fut, enqueued_at=time.monotonic(), admission=admission))
         self._queued_candidates += inputs.n_cand
-        self.metrics.queue_depth.set(len(self._queue))
+        self._set_depth()
         self._wakeup.set()
         return fut
 
@@ -72,6 +164,10 @@ class MicroBatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        while self._waiters:
+            _, fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(NotReady("the engine is shutting down", reason="shutdown"))
         while self._queue:
             p = self._queue.popleft()
             if not p.future.done():
@@ -85,9 +181,9 @@ class MicroBatcher:
         while not self._queue:
             self._wakeup.clear()
             await self._wakeup.wait()
-        # Idle worker: give concurrent requests a moment to join (bounded by the oldest one's wait).
+        # Idle worker: give requests still being fetched a moment to join (bounded by the oldest one's wait).
         remaining = self._queue[0].enqueued_at + self.max_wait_s - time.monotonic()
-        while remaining > 0 and not self._full():
+        while remaining > 0 and not self._full() and self._fetching > 0:
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
@@ -117,12 +213,18 @@ class MicroBatcher:
         for p in reversed(skipped):
             self._queue.appendleft(p)
             self._queued_candidates += p.inputs.n_cand
-        self.metrics.queue_depth.set(len(self._queue))
+            if p.admission is not None:  # _pop released it, but it still waits
+                p.admission = None
+        self._set_depth()
         return batch
 
     def _pop(self) -> Pending:
+        """Out of the queue: into a batch, or dropped. Either way its admission ends (the next requests
+        start fetching while this batch runs)."""
         p = self._queue.popleft()
         self._queued_candidates -= p.inputs.n_cand
+        if p.admission is not None:
+            p.admission.release()
         return p
 
     async def _loop(self) -> None:

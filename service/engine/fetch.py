@@ -99,19 +99,19 @@ class Fetcher:
     @staticmethod
     def _merge_candidates(cand: np.ndarray, given: np.ndarray, need_cat: np.ndarray, cat_raw: np.ndarray,
                           found: np.ndarray, reasons: list[str]) -> np.ndarray:
-        """Catalog rows under the client's values (the client's features win)."""
+        """Catalog rows under the client's values (the client's features win). Vectorized: no Python
+        work per candidate unless one is missing from the catalog."""
         out = cand.copy()
-        rows = np.flatnonzero(need_cat)
-        for r, row, ok in zip(rows, cat_raw, found):
-            if ok:
-                out[r] = np.where(given[r], cand[r], row)
-            elif given[r, 1:].any():
-                if "candidate_features_defaulted" not in reasons:
-                    reasons.append("candidate_features_defaulted")
-            else:
+        rows = np.flatnonzero(need_cat)  # [n] candidates that asked the catalog, cat_raw/found [n] aligned
+        hit = rows[found]
+        out[hit] = np.where(given[hit], cand[hit], cat_raw[found])
+        for r in rows[~found]:
+            if not given[r, 1:].any():
                 raise field_error(("body", "candidates", int(r), "item_id"),
                                   f"unknown item {int(cand[r, 0])}: not in the catalog and no features given",
                                   int(cand[r, 0]))
+        if not found.all() and "candidate_features_defaulted" not in reasons:
+            reasons.append("candidate_features_defaulted")
         return out
 
     @staticmethod

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from service.engine.slot import ModelSlot
+
+if TYPE_CHECKING:
+    from service.engine.batcher import Admission
 
 
 @dataclass(eq=False)
@@ -58,3 +62,4 @@ class Pending:
     future: asyncio.Future
     enqueued_at: float = 0.0
     started_at: float = field(default=0.0)
+    admission: "Admission | None" = None  # released when the request leaves the queue

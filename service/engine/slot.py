@@ -33,6 +33,8 @@ class ModelSlot:
     local_cache: "LocalProjectionCache"
     warm: bool = False
     meta: dict = field(default_factory=dict)
+    # CPU: alpha's buffer, reused by every batch of this slot (only its inference thread touches it).
+    alpha_scratch: torch.Tensor | None = None
 
     @property
     def cfg(self) -> TwinConfig:
