@@ -58,7 +58,7 @@ bench: bench-stores bench-service
 # `make loadtest PROFILE=W3 RUN_TIME=120s USERS=8 BUDGET_MS=50`; PROFILE also picks the seeded world.
 PROFILE ?= W1
 RUN_TIME ?= 60s
-USERS ?= 16
+USERS ?= 4
 BUDGET_MS ?= 30
 LOADTEST_OUT ?= reports/loadtest
 REPLICAS ?= 1

@@ -117,8 +117,8 @@ wait_for redis 20 "import redis; redis.Redis(port=$REDIS_PORT).ping()" "$LOGS/re
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 export TWIN_MODEL_ROOT="${TWIN_MODEL_ROOT:-$DATA_DIR/models}"  # `make stack` shares var/models
 export TWIN_HOST=127.0.0.1
-# share the cores between replicas instead of every torch using all of them
-export TWIN_TORCH_THREADS="${TWIN_TORCH_THREADS:-$(( $(nproc) / REPLICAS > 0 ? $(nproc) / REPLICAS : 1 ))}"
+# share the cores between replicas, keeping half for the event loops (the service default: cores/2)
+export TWIN_TORCH_THREADS="${TWIN_TORCH_THREADS:-$(( $(nproc) / (2 * REPLICAS) > 0 ? $(nproc) / (2 * REPLICAS) : 1 ))}"
 
 # --- one-shot init: demo model, projections, seed users/items (+ the load-test world)
 echo "run_stack: bootstrap${WORLD:+ --world $WORLD} (log $LOGS/bootstrap.log)"
