@@ -10,6 +10,7 @@ import asyncio
 import logging
 
 from service.engine.worker import InferenceWorker
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,4 @@ class HealthMonitor:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="twin-health")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)

@@ -24,6 +24,7 @@ from service.engine.forward import run_batch, synthetic_inputs
 from service.engine.slot import ModelSlot
 from service.errors import ModelRefused, UnknownVersion
 from service.settings import Settings
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,7 @@ class ModelManager:
             log.error("cannot serve registry version %s: %s", wanted, e.detail)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     # ---- admin ---------------------------------------------------------------------------------
     async def activate(self, version: str) -> str:

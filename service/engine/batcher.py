@@ -28,6 +28,7 @@ from service.engine.request import Pending, ScoreInputs, ScoreResult
 from service.engine.worker import InferenceWorker
 from service.errors import DeadlineExceeded, NotReady, Overloaded
 from service.metrics import Metrics
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +159,7 @@ class MicroBatcher:
 
     async def close(self) -> None:
         """Stop the loop after the running batch; fail whatever still waits (never leave a caller hanging)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         while self._waiters:
             _, fut = self._waiters.popleft()
             if not fut.done():
