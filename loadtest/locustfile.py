@@ -121,28 +121,28 @@ class ScoringUser(FastHttpUser):
 
     def _score(self) -> None:
         body = self.gen.score_body()
-        with self.client.post("/v1/score", json=body, name=SCORE_NAME, catch_response=True) as resp:
-            if not 200 <= resp.status_code < 300:
-                resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
-                return
-            try:
-                scores = resp.json()["scores"]
-            except (ValueError, KeyError, TypeError) as e:
-                resp.failure(f"bad score body: {e!r}")
-                return
-            if len(scores) != len(body["candidates"]):
-                resp.failure(f"{len(scores)} scores for {len(body['candidates'])} candidates")
+        n = len(body["candidates"])
+        self._post("/v1/score", SCORE_NAME, body, "scores",
+                   lambda scores: None if len(scores) == n else f"{len(scores)} scores for {n} candidates")
 
     def _post_events(self) -> None:
         body = self.gen.events_body()
-        with self.client.post("/v1/events", json=body, name=EVENTS_NAME, catch_response=True) as resp:
+        n = len(body["events"])  # every event id is fresh, so all must be new
+        self._post("/v1/events", EVENTS_NAME, body, "accepted",
+                   lambda accepted: None if accepted == n else f"accepted={accepted} for {n} fresh events")
+
+    def _post(self, path: str, name: str, body: dict, field: str, check) -> None:
+        """POST; a non-2xx, a body without `field`, or check(body[field]) returning a message is a
+        failure (decided inside the catch_response block, before locust records the request)."""
+        with self.client.post(path, json=body, name=name, catch_response=True) as resp:
             if not 200 <= resp.status_code < 300:
                 resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
                 return
             try:
-                accepted = resp.json()["accepted"]
+                value = resp.json()[field]
             except (ValueError, KeyError, TypeError) as e:
-                resp.failure(f"bad events body: {e!r}")
+                resp.failure(f"bad {field} body: {e!r}")
                 return
-            if accepted != len(body["events"]):  # every event id is fresh, so all must be new
-                resp.failure(f"accepted={accepted} for {len(body['events'])} fresh events")
+            problem = check(value)
+            if problem:
+                resp.failure(problem)

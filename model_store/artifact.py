@@ -96,13 +96,17 @@ def write_artifact(
 
 def read_manifest(directory: Path) -> Manifest:
     path = directory / MANIFEST_FILE
+    return Manifest.from_json(_read_bytes(path), source=str(path))
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A file's bytes, or an ArtifactError that says whether it is missing or unreadable."""
     try:
-        text = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing file") from None
     except OSError as e:
         raise ArtifactError(f"{path}: unreadable: {e}") from e
-    return Manifest.from_json(text, source=str(path))
 
 
 def quick_check(directory: Path) -> Manifest:
@@ -121,12 +125,7 @@ def quick_check(directory: Path) -> Manifest:
 def read_weights(directory: Path, manifest: Manifest) -> dict[str, torch.Tensor]:
     """Read, checksum and deserialize the weights (always the same bytes for all three)."""
     path = directory / WEIGHTS_FILE
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing file") from None
-    except OSError as e:
-        raise ArtifactError(f"{path}: unreadable: {e}") from e
+    data = _read_bytes(path)
     digest = hashlib.sha256(data).hexdigest()
     if digest != manifest.weights_sha256:
         raise ArtifactError(

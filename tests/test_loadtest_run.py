@@ -24,9 +24,10 @@ from loadtest.traffic import EVENTS_NAME, SCORE_NAME
 class ContractServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, fail_every: int = 0) -> None:
+    def __init__(self, fail_every: int = 0, short_every: int = 0) -> None:
         super().__init__(("127.0.0.1", 0), ContractHandler)
         self.fail_every = fail_every  # answer 503 to every n-th score request (0 = never)
+        self.short_every = short_every  # answer 200 with one score too few to every n-th (0 = never)
         self.lock = threading.Lock()
         self.n_score = 0
         self.event_ids: Tally[str] = Tally()
@@ -80,7 +81,8 @@ class ContractHandler(BaseHTTPRequestHandler):
             s.hits.inc(len(items) - 1)
             s.misses.inc(1)
             s.lat.labels(stage="total").observe(time.perf_counter() - t0)
-            self._send(200, {"model_version": "test", "scores": [0.5] * len(items), "degraded": False})
+            short = bool(s.short_every and n % s.short_every == 0)
+            self._send(200, {"model_version": "test", "scores": [0.5] * (len(items) - short), "degraded": False})
         elif self.path == "/v1/events":
             with s.lock:
                 s.event_ids.update(e["event_id"] for e in body["events"])
@@ -95,8 +97,8 @@ class ContractHandler(BaseHTTPRequestHandler):
 def server_factory():
     servers = []
 
-    def start(fail_every: int = 0) -> ContractServer:
-        srv = ContractServer(fail_every)
+    def start(fail_every: int = 0, short_every: int = 0) -> ContractServer:
+        srv = ContractServer(fail_every, short_every)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
         return srv
@@ -142,6 +144,15 @@ def test_run_fails_the_gate_on_server_errors(server_factory, tmp_path):
     stats = read_stats(tmp_path / "locust")
     assert stats[SCORE_NAME].failures == srv.n_score // 5 > 0
     assert "HTTP 503" in (tmp_path / "report.md").read_text()
+
+
+def test_a_200_with_the_wrong_number_of_scores_is_a_failure(server_factory, tmp_path):
+    srv = server_factory(short_every=4)
+    rc = run.main(_args(srv, tmp_path))
+    assert rc == 1
+    stats = read_stats(tmp_path / "locust")
+    assert stats[SCORE_NAME].failures == srv.n_score // 4 > 0
+    assert "scores for" in (tmp_path / "report.md").read_text()
 
 
 def test_run_refuses_non_loopback_and_unready_targets(tmp_path):
