@@ -9,7 +9,9 @@ Layout (docs/redis_layout.md), one hash tag per user so a user's keys share a cl
 Append = one Lua script per user (atomic on the server): skip event ids already in the window,
 APPEND the new records, bump the count, trim the log to the newest `cap` records once it exceeds
 cap * (1 + 1/8) (amortized O(1) per event), trim the window to `dedup_window` ids and refresh
-its TTL. Reads are one pipelined GETRANGE of the newest n records + GET of the count per user.
+its TTL. Reads are one pipelined GETRANGE of the newest n records + GET of the count per user, or,
+for a caller that holds the user's sequence already (service user cache), `read_since`: one Lua
+script that atomically returns the count and only the records appended since a known count.
 
 Delivery semantics: clients deliver at least once (they retry until acknowledged, and redis-py
 retries on connection errors); re-delivered events whose ids are still in the window are
@@ -62,6 +64,20 @@ if dttl > 0 and new > 0 then redis.call('EXPIRE', KEYS[2], dttl) end
 return new
 """
 
+# KEYS: log, count. ARGV: record size, known total (-1 = none), n (window, records, >= 1).
+# Returns {total, full, bytes}: full = 1 -> the newest n records (the caller holds nothing usable:
+# none known, the count went down, or n or more were appended); full = 0 -> the d = total - known
+# records appended since, preceded by the one record just older than them (the anchor), if any.
+_SINCE_LUA = """
+local rec, known, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local total = tonumber(redis.call('GET', KEYS[2]) or '0')
+local d = total - known
+if known < 0 or d < 0 or d >= n then
+  return {total, 1, redis.call('GETRANGE', KEYS[1], -n * rec, -1)}
+end
+return {total, 0, redis.call('GETRANGE', KEYS[1], -(d + 1) * rec, -1)}
+"""
+
 
 @dataclass(frozen=True)
 class Event:
@@ -88,6 +104,20 @@ class BehaviorBlock:
         return int(self.item_id.size)
 
 
+@dataclass
+class SinceRead:
+    """What read_since saw. full: `block` is the newest window; else `block` holds only the records
+    appended since the caller's known total (maybe none). Both newest first, block.total = total now.
+    anchor: the packed record just older than the delta (b"" = the log holds nothing older, None =
+    it holds fewer records than the delta: not the log the caller knew); None when full.
+    newest: the packed newest record of the log (b"" when empty), the next read_since's anchor."""
+
+    block: BehaviorBlock
+    full: bool
+    anchor: bytes | None
+    newest: bytes
+
+
 class BehaviorStore:
     def __init__(self, client: Any, keys: Keys, n_cross: int, cap: int = 100_000,
                  dedup_window: int = 1_000, dedup_ttl_s: int = 86_400) -> None:
@@ -106,7 +136,7 @@ class BehaviorStore:
         self.dtype = behavior_dtype(n_cross)
         self.rec = self.dtype.itemsize
         self._trim_at = cap + max(1, math.ceil(cap / 8))
-        self._sha: str | None = None
+        self._shas: dict[str, str] = {}  # script source -> SHA1 the server knows it by
 
     # ---- writes ---------------------------------------------------------------------------
     def _check(self, e: Event) -> None:
@@ -129,10 +159,6 @@ class BehaviorStore:
         recs["cross"] = np.asarray([np.asarray(e.cross, np.float32) for e in events]).reshape(len(events), self.n_cross)
         return recs
 
-    async def _load_script(self) -> str:
-        self._sha = await self.client.script_load(_APPEND_LUA)
-        return self._sha
-
     async def append(self, events: Sequence[Event]) -> int:
         """Store events atomically per user, idempotent by event_id; returns how many were new.
         Within one user's batch, events are appended in ts order. Raises on Redis failure
@@ -152,30 +178,48 @@ class BehaviorStore:
             for i, e in enumerate(evs):
                 args += [e.event_id, buf[i * self.rec:(i + 1) * self.rec]]
             calls.append(([self.keys.user_log(uid), self.keys.user_event_ids(uid), self.keys.user_count(uid)], args))
-        return await self._run_scripts(calls)
+        return sum(int(r) for r in await self._eval(_APPEND_LUA, calls))
 
-    async def _run_scripts(self, calls: list[tuple[list[bytes], list[Any]]]) -> int:
-        sha = self._sha or await self._load_script()
-        new = 0
+    async def _eval(self, script: str, calls: list[tuple[list[bytes], list[Any]]]) -> list[Any]:
+        """EVALSHA `script` once per (keys, args) call, one pipelined round trip; results in call order.
+        NOSCRIPT (server restarted or flushed its script cache) -> load it and re-run those calls once."""
+        sha = self._shas.get(script) or await self._load_script(script)
+        out: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
-            for keys, args in calls:
+            for i in todo:
+                keys, args = calls[i]
                 # execute_command, not pipe.evalsha: redis-py blocks the latter in cluster
                 # pipelines although EVALSHA routes fine by its (single-slot) keys.
                 pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
             results = await pipe.execute(raise_on_error=False)
             retry = []
-            for call, res in zip(calls, results):
+            for i, res in zip(todo, results):
                 if isinstance(res, NoScriptError) and attempt == 0:
-                    retry.append(call)  # server restarted or flushed its script cache
+                    retry.append(i)
                 elif isinstance(res, Exception):
                     raise res
                 else:
-                    new += int(res)
+                    out[i] = res
             if not retry:
-                return new
-            calls, sha = retry, await self._load_script()
-        return new
+                break
+            todo, sha = retry, await self._load_script(script)
+        return out
+
+    async def _eval_one(self, script: str, keys: list[bytes], args: list[Any]) -> Any:
+        """One EVALSHA as a plain command: on the hot read path a pipeline's own overhead is a
+        sizable share of the round trip. The cluster client routes it by its keys."""
+        sha = self._shas.get(script) or await self._load_script(script)
+        try:
+            return await self.client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:  # server restarted or flushed its script cache
+            return await self.client.execute_command("EVALSHA", await self._load_script(script), len(keys),
+                                                     *keys, *args)
+
+    async def _load_script(self, script: str) -> str:
+        self._shas[script] = await self.client.script_load(script)
+        return self._shas[script]
 
     async def write_history(self, user_ids: Sequence[int], blocks: Sequence[BehaviorBlock]) -> None:
         """Bulk load (seeding, backfill): REPLACE each user's log with `block` (newest first, as
@@ -215,13 +259,40 @@ class BehaviorStore:
         for i, uid in enumerate(user_ids):
             raw = res[i * step] if m else b""
             count = res[i * step + step - 1]
-            if len(raw) % self.rec:
-                raise ValueError(f"behavior log of user {uid} has {len(raw)} bytes, not a multiple of {self.rec}")
-            recs = np.frombuffer(raw, self.dtype)[::-1]  # newest first
-            out.append(BehaviorBlock(item_id=recs["item_id"].copy(), ts=recs["ts"].copy(),
-                                     cross=recs["cross"].reshape(-1, self.n_cross).copy(),
-                                     total=int(count) if count is not None else 0))
+            out.append(self._block(uid, raw, int(count) if count is not None else 0))
         return out
+
+    async def read_since(self, user_id: int, known_total: int, n: int) -> SinceRead:
+        """One round trip (a Lua script, so the count and the records are one atomic snapshot).
+
+        known_total = the total of a sequence the caller holds (-1 = none). When 0 <= d = total -
+        known_total < min(n, cap): the d records appended since, newest first, and the one record
+        just older than them (`anchor`), which the caller compares with its newest record to detect a
+        history rewritten under the same count. Otherwise (-1, the count went down, d >= n): the
+        newest min(n, cap) records, as read_newest reads them (`full`)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        m = min(n, self.cap)
+        keys = [self.keys.user_log(user_id), self.keys.user_count(user_id)]
+        total, full, raw = await self._eval_one(_SINCE_LUA, keys, [self.rec, int(known_total), m])
+        total, full = int(total), bool(full)
+        newest = raw[-self.rec:] if raw else b""
+        if full:
+            return SinceRead(self._block(user_id, raw, total), True, None, newest)
+        d = total - known_total
+        if len(raw) == (d + 1) * self.rec:
+            return SinceRead(self._block(user_id, raw[self.rec:], total), False, raw[:self.rec], newest)
+        # the log holds only the d new records (anchor b""), or fewer (not the log the caller knew: None)
+        anchor = b"" if len(raw) == d * self.rec else None
+        return SinceRead(self._block(user_id, raw, total), False, anchor, newest)
+
+    def _block(self, user_id: int, raw: bytes, total: int) -> BehaviorBlock:
+        """Packed records, oldest -> newest, as stored -> a BehaviorBlock newest first."""
+        if len(raw) % self.rec:
+            raise ValueError(f"behavior log of user {user_id} has {len(raw)} bytes, not a multiple of {self.rec}")
+        recs = np.frombuffer(raw, self.dtype)[::-1]  # newest first
+        return BehaviorBlock(item_id=recs["item_id"].copy(), ts=recs["ts"].copy(),
+                             cross=recs["cross"].reshape(-1, self.n_cross).copy(), total=total)
 
     async def delete_users(self, user_ids: Sequence[int]) -> None:
         """Remove users' logs, windows and counts (privacy deletion, tests)."""

@@ -145,9 +145,11 @@ class ModelManager:
 
     async def _build_slot(self, version: str, model, manifest) -> ModelSlot:
         from cache.behavior_store import BehaviorStore
+        from cache.catalog_cache import CatalogRowCache
         from cache.catalog_store import CatalogStore
         from cache.local_cache import LocalProjectionCache
         from cache.projection_store import ProjectionStore
+        from cache.user_sequence_cache import UserSequenceCache
 
         s, worker = self.settings, self.engine.worker
         device = worker.device
@@ -175,10 +177,16 @@ class ModelManager:
 
         local = LocalProjectionCache(s.local_cache_capacity, model.proj_dim, device, projections, catalog, compute)
         behaviors = BehaviorStore(client, self.keys, len(cfg.schema.stored_cross_names()), cap=s.behavior_cap)
+        # per slot: cached sequences hold this version's projections, so a swapped-in version starts empty
+        users = (UserSequenceCache(max(1, int(s.user_cache_mb * 2**20)), s.user_cache_max_age_s)
+                 if s.user_cache_mb > 0 else None)
+        rows = (CatalogRowCache(catalog, s.catalog_cache_capacity, s.catalog_cache_ttl_s)
+                if s.catalog_cache_capacity > 0 else None)
         autocast = torch.float16 if (device.type == "cuda" and s.half_precision) else None
         return ModelSlot(version=version, model=model, manifest=manifest, device=device, autocast=autocast,
                          seq_len=L, seq_buckets=seq_buckets, cand_buckets=cand_buckets, behaviors=behaviors,
-                         catalog=catalog, local_cache=local, meta={"projections": projections})
+                         catalog=catalog, local_cache=local, user_cache=users, catalog_cache=rows,
+                         meta={"projections": projections})
 
     async def _ensure_projections(self, slot: ModelSlot) -> None:
         from cache.projector import project_version

@@ -1,11 +1,16 @@
 """Redis I/O of one score request, on the event loop: behaviors, catalog rows, projections.
 
-Round trips: (1) the user's newest L behaviors; then concurrently (2) catalog rows of the candidates
-that need them and of the S newest behaviors, and (3) the behaviors' projections through the local
-device cache (which goes to Redis only for misses). Everything runs under one time budget; a Redis
+Round trips: (1) the user's behaviors: with the slot's user cache, one `read_since` script returning
+only what was appended since the cached sequence (plus a full read when the history was rewritten
+under it); without it, the newest L; then concurrently (2) catalog rows of the candidates that need
+them and of the S newest behaviors not known yet, through the slot's catalog row cache, and (3) the
+projections of the behaviors not cached yet, through the local device cache (Redis only for misses).
+A warm user with hot candidates costs one round trip. Everything runs under one time budget; a Redis
 failure or timeout never fails the request, it degrades it:
   behaviors or projections unreachable -> empty history, reason "redis_unavailable";
   catalog unreachable -> candidates scored from the features the client sent (missing ones 0).
+A sequence is cached only after a fetch that completed without a defaulted projection (which the
+next request retries, as without the cache), so a failure never leaves a partial entry behind.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from cache.local_cache import GatherResult
+from cache.user_sequence_cache import UserSequence, extend, recent_window
 from service.engine.request import ScoreInputs
 from service.engine.slot import ModelSlot
 from service.errors import field_error
@@ -36,8 +43,15 @@ class Fetched:
     cache_misses: int = 0
 
 
-def _empty_history(slot: ModelSlot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, len(slot.cross_names)), np.float32)
+def _no_rows(slot: ModelSlot) -> torch.Tensor:
+    """float16 [0, D] on the slot's device (from numpy: a torch factory call on the event loop costs ~20 us)."""
+    return torch.from_numpy(np.zeros((0, slot.model.proj_dim), np.float16)).to(slot.device)
+
+
+def _empty_sequence(slot: ModelSlot) -> UserSequence:
+    J, F = len(slot.cross_names), len(slot.inherent_names)
+    return UserSequence(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, J), np.float32), _no_rows(slot),
+                        np.zeros((0, F), np.int64), np.zeros(0, bool), 0, b"", 0.0)
 
 
 class Fetcher:
@@ -51,11 +65,8 @@ class Fetcher:
         of them were sent. Raises a 422 for a candidate unknown to the catalog that came without features."""
         t0 = time.perf_counter()
         reasons: list[str] = []
-        S = slot.short_len
         need_cat = ~given.all(axis=1)  # [C] candidates that need catalog rows
-        item_ids, ts, cross = _empty_history(slot)
-        hist_len, seq_proj = 0, torch.zeros(0, slot.model.proj_dim, dtype=torch.float16, device=slot.device)
-        recent = np.zeros((0, cand.shape[1]), np.int64)
+        seq: UserSequence | None = None
         hits = misses = 0
         budget = min(self.timeout_s, deadline - time.monotonic())
         if not self.health.redis_ok or budget <= 0:
@@ -64,37 +75,72 @@ class Fetcher:
         else:
             try:
                 async with asyncio.timeout(budget):
-                    block = (await slot.behaviors.read_newest([user_id], slot.seq_len))[0]
-                    item_ids, ts, cross, hist_len = block.item_id, block.ts, block.cross, int(block.total)
-                    if hist_len == 0:
-                        reasons.append("unknown_user")
-                    cat_ids = np.concatenate([cand[need_cat, 0], item_ids[:S]])
-                    (cat_raw, found), gathered = await asyncio.gather(
-                        slot.catalog.get(cat_ids), slot.local_cache.gather(item_ids))
+                    seq, cat_raw, found, gathered = await self._read(slot, user_id, cand[need_cat, 0])
             except Exception as e:  # noqa: BLE001 - any store failure degrades, never fails, the request
                 log.warning("redis fetch for user %d failed: %r", user_id, e)
                 if not isinstance(e, TimeoutError):  # a blown budget may be our own busy loop: the probe decides
                     self.health.note_redis_failure()
                 reasons.append("redis_unavailable")
-                item_ids, ts, cross = _empty_history(slot)
-                hist_len = 0
-                if "unknown_user" in reasons:
-                    reasons.remove("unknown_user")
                 cand = cand.copy()
             else:
-                cand = self._merge_candidates(cand, given, need_cat, cat_raw[:int(need_cat.sum())],
-                                              found[:int(need_cat.sum())], reasons)
-                recent = self._recent_rows(item_ids[:S], cat_raw[int(need_cat.sum()):],
-                                           found[int(need_cat.sum()):], cand.shape[1], reasons)
-                seq_proj = gathered.vecs
+                if seq.total == 0:
+                    reasons.append("unknown_user")
+                cand = self._merge_candidates(cand, given, need_cat, cat_raw, found, reasons)
+                if not seq.recent_found.all():
+                    reasons.append("catalog_miss")  # a recent behavior's item has no catalog row: id only
                 hits, misses = int(gathered.hits), int(gathered.misses)
                 if gathered.defaulted:
                     reasons.append("projection_default")
-        inputs = ScoreInputs(slot=slot, seq_proj=seq_proj, seq_cross=np.asarray(cross, np.float32),
-                             seq_ts=np.asarray(ts, np.int64), recent=recent, cand=cand, now=now,
-                             hist_len=hist_len, explain=explain)
-        return Fetched(inputs, np.asarray(item_ids, np.int64), np.asarray(ts, np.int64), reasons,
-                       (time.perf_counter() - t0) * 1e3, hits, misses)
+        if seq is None:  # degraded: an empty history
+            seq = _empty_sequence(slot)
+        inputs = ScoreInputs(slot=slot, seq_proj=seq.seq_proj, seq_cross=seq.cross, seq_ts=seq.ts, recent=seq.recent,
+                             cand=cand, now=now, hist_len=seq.total, explain=explain)
+        return Fetched(inputs, seq.item_id, seq.ts, reasons, (time.perf_counter() - t0) * 1e3, hits, misses)
+
+    async def _read(self, slot: ModelSlot, user_id: int, cand_ids: np.ndarray
+                    ) -> tuple[UserSequence, np.ndarray, np.ndarray, GatherResult]:
+        """-> (the user's sequence, catalog rows int64 [n, F_h] and found bool [n] of cand_ids [n],
+        the projection gather of the behaviors new to the sequence). Raises on a store failure."""
+        cache, L = slot.user_cache, slot.seq_len
+        base: UserSequence | None = None
+        if cache is None:
+            new, newest = (await slot.behaviors.read_newest([user_id], L))[0], b""
+        else:
+            base = cache.lookup(user_id)
+            since = await slot.behaviors.read_since(user_id, base.total if base is not None else -1, L)
+            if base is not None and (since.full or since.anchor != base.newest):
+                cache.count("resets" if since.full else "rewritten")
+                base = None
+                if not since.full:  # rewritten under the same or a larger count: read it all again
+                    since = await slot.behaviors.read_since(user_id, -1, L)
+            elif base is not None:
+                cache.count("deltas" if len(since.block) else "hits")
+            new, newest = since.block, since.newest
+        # rows of the S newest: the base's rows that stay in the window, the rest read with the candidates
+        rows, rows_found, need = recent_window(base, new.item_id, slot.short_len, L, len(slot.inherent_names))
+        n = cand_ids.size
+        (cat_raw, found), gathered = await self._catalog_and_projections(
+            slot, np.concatenate([cand_ids, rows[need, 0]]), new.item_id)
+        got = found[n:]  # [q] of the `need` positions
+        rows[need[got]] = cat_raw[n:][got]
+        rows_found[need] = got
+        seq = extend(base, new, gathered.vecs, rows, rows_found, newest, L, cache.clock() if cache else 0.0)
+        if cache is not None and seq.total > 0 and not gathered.defaulted:
+            cache.put(user_id, seq)
+        return seq, cat_raw[:n], found[:n], gathered
+
+    @staticmethod
+    async def _catalog_and_projections(slot: ModelSlot, cat_ids: np.ndarray, proj_ids: np.ndarray
+                                       ) -> tuple[tuple[np.ndarray, np.ndarray], GatherResult]:
+        """Catalog rows of cat_ids [n] and projections of proj_ids [d], concurrently; an empty side
+        costs nothing (a warm user's request often needs only one of them, or neither)."""
+        if cat_ids.size and proj_ids.size:
+            return await asyncio.gather(slot.catalog_rows.get(cat_ids), slot.local_cache.gather(proj_ids))
+        cat = (await slot.catalog_rows.get(cat_ids) if cat_ids.size
+               else (np.zeros((0, len(slot.inherent_names)), np.int64), np.zeros(0, bool)))
+        if proj_ids.size:
+            return cat, await slot.local_cache.gather(proj_ids)
+        return cat, GatherResult(_no_rows(slot), 0, 0, 0, 0, 0)
 
     @staticmethod
     def _merge_candidates(cand: np.ndarray, given: np.ndarray, need_cat: np.ndarray, cat_raw: np.ndarray,
@@ -113,15 +159,3 @@ class Fetcher:
         if not found.all() and "candidate_features_defaulted" not in reasons:
             reasons.append("candidate_features_defaulted")
         return out
-
-    @staticmethod
-    def _recent_rows(ids: np.ndarray, cat_raw: np.ndarray, found: np.ndarray, n_feat: int,
-                     reasons: list[str]) -> np.ndarray:
-        """Raw rows of the S newest behaviors; an item missing from the catalog keeps only its id."""
-        rows = np.zeros((len(ids), n_feat), np.int64)
-        rows[:, 0] = ids
-        if len(ids):
-            rows[found] = cat_raw[found]
-            if not found.all():
-                reasons.append("catalog_miss")
-        return rows
