@@ -39,10 +39,13 @@ from cache.layout import Keys
 from cache.projection_store import ProjectionStore
 from model_store.registry import ModelRegistry
 from service.engine.buckets import serving_buckets
-from service.engine.worker import default_threads
+from service.engine.worker import default_parallel_threads, default_threads
+from service.malloc_tuning import keep_freed_memory
+from service.settings import Settings
 from service.seeding import load_catalog, load_histories, project
 from training.schemas import synthetic_schema
 from twin.config import TwinConfig
+from twin.attention import set_topk_threads
 from twin.model import ServeBatch, TwinCTR
 
 L, C, K, HEADS = 10_000, 100, 100, 4
@@ -101,15 +104,16 @@ async def bare_batch(url: str, keys: Keys, model: TwinCTR, version: str, uid: in
                       cand_mask=torch.ones(1, C, dtype=torch.bool), now=torch.tensor([NOW]), hist_len=torch.tensor([L]))
 
 
-def time_bare(model: TwinCTR, batch: ServeBatch, n: int, warm: int = 5) -> list[float]:
-    """-> n wall-clock latencies (ms) of model.score on batch."""
+def time_bare(model: TwinCTR, batches: list[ServeBatch], n: int, warm: int = 5) -> list[float]:
+    """-> n wall-clock latencies (ms) of model.score, cycling over the batches (the users the HTTP
+    rounds cycle over: a single batch would sit in the CPU caches and flatter the bare forward)."""
     with torch.inference_mode():
-        for _ in range(warm):
-            model.score(batch)
+        for i in range(warm):
+            model.score(batches[i % len(batches)])
         out = []
-        for _ in range(n):
+        for i in range(n):
             t0 = time.perf_counter()
-            model.score(batch)
+            model.score(batches[i % len(batches)])
             out.append((time.perf_counter() - t0) * 1e3)
     return out
 
@@ -226,6 +230,9 @@ async def bench(quick: bool) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="twin-bench-"))
     proc = None
     threads = default_threads(torch.device("cpu"))  # what the service's inference thread runs on
+    parallel = default_parallel_threads(torch.device("cpu"))
+    set_topk_threads(parallel)  # a lone request: what the service does with its parallel threads
+    keep_freed_memory(Settings.model_fields["malloc_keep_mb"].default)  # as `python -m service` does
     torch.set_num_threads(threads)
     at_start = machine_line()
     rounds, per_round_s, conc_s = (3, 2.0, 4.0) if quick else (5, 4.0, 15.0)
@@ -238,11 +245,12 @@ async def bench(quick: bool) -> None:
         await seed(url, keys, model, version)
         print(f"seeded {N_ITEMS:,} items, {N_USERS} users x {L:,} behaviors, projections in "
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        batch = await bare_batch(url, keys, model, version, 0)
+        batches = [await bare_batch(url, keys, model, version, u) for u in range(N_USERS)]
         port = free_port()
         env = {**os.environ, "REDIS_URL": url, "TWIN_REDIS_PREFIX": keys.prefix, "TWIN_MODEL_ROOT": str(tmp / "models"),
                "TWIN_PORT": str(port), "TWIN_DEVICE": "cpu", "TWIN_MAX_CANDIDATES": str(MAX_CAND),
                "TWIN_EMBEDDED_REDIS_DIR": "", "TWIN_DEADLINE_MS": "10000", "TWIN_TORCH_THREADS": str(threads),
+               "TWIN_PARALLEL_THREADS": str(parallel),
                # the CPU default buckets (8 steps per octave), explicit so the run does not depend on who
                # picks the defaults: power-of-two buckets would pad W1's 100 candidates to 128
                "TWIN_SEQ_BUCKETS": json.dumps(serving_buckets(64, L, "cpu", align=64)),
@@ -255,7 +263,7 @@ async def bench(quick: bool) -> None:
         bare: list[float] = []
         one = Run()
         for _ in range(rounds):
-            bare += time_bare(model, batch, int(per_round_s * 1e3 / 2 / 40), warm=2)
+            bare += time_bare(model, batches, int(per_round_s * 1e3 / 2 / 40), warm=2)
             one.add(await load(port, 1, reqs, seconds=per_round_s / 2))
         runs = [(1, one)] + [(c, await load(port, c, reqs, seconds=conc_s)) for c in (8, 32)]
     finally:
@@ -267,7 +275,7 @@ async def bench(quick: bool) -> None:
     b50, b99 = pct(bare, 50), pct(bare, 99)
     print(f"\n### W1 (L={L:,}, C={C}, k={K}, {HEADS} heads), CPU\n")
     print(f"{'quick run' if quick else 'full run'}; start: {at_start}; end: {machine_line()}.  ")
-    print(f"torch threads: {threads} in the bare forward and in the service's inference thread.\n")
+    print(f"torch threads: {threads}, parallel threads: {parallel} (top-k rows of a lone request; a batch's requests side by side), in the bare forward and in the service.\n")
     print(f"bare forward `model.score` (B=1, float16 projections): p50 {b50:.2f} ms, p99 {b99:.2f} ms, "
           f"{1e3 / b50:.1f} req/s ({len(bare)} calls, interleaved with the concurrency-1 rounds)\n")
     print("| concurrency | HTTP p50 ms | HTTP p99 ms | req/s | HTTP p50 / bare p50 | errors | degraded | requests "

@@ -11,6 +11,7 @@ import logging
 import uvicorn
 
 from service.app import create_app
+from service.malloc_tuning import keep_freed_memory
 from service.settings import Settings
 
 
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    keep_freed_memory(settings.malloc_keep_mb)
     if args.bootstrap:
         from pathlib import Path
 

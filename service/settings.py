@@ -59,6 +59,15 @@ class Settings(BaseSettings):
         True, description="On CUDA, run the model under float16 autocast (ignored on CPU, which stays float32)."
     )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads of the inference thread; unset -> half the cores.")
+    parallel_threads: int | None = Field(
+        None, ge=1, le=256, description="CPU: plain threads (not OpenMP) one batch is spread over: a batch's "
+        "requests run side by side, a lone request splits its top-k rows; unset -> every core. Ignored on CUDA.",
+    )
+    malloc_keep_mb: int = Field(
+        512, ge=0, le=2047, description="glibc only: freed heap memory kept for reuse instead of returned to the "
+        "kernel (service/malloc_tuning.py); without it every request page-faults its multi-MB temporaries in "
+        "again. 0 -> glibc defaults.",
+    )
     max_seq_len: int | None = Field(
         None, ge=1, description="Behaviors read per user (L); unset -> the active model's cfg.max_len (its "
         "training length). May exceed it (the model is length-agnostic), up to behavior_cap.",
@@ -76,6 +85,22 @@ class Settings(BaseSettings):
     )
     local_cache_capacity: int = Field(
         200_000, ge=1, description="Items held by the device-memory projection cache (per model version)."
+    )
+    user_cache_mb: float = Field(
+        256.0, ge=0, description="Memory budget (MiB, host arrays + device projections) of the per-user sequence "
+        "cache (per model version; LRU past it); 0 disables it. A W1 user (L=10,000, D=128) takes ~2.8 MB.",
+    )
+    user_cache_max_age_s: float = Field(
+        30.0, gt=0, description="A user's cached sequence is read in full again after this long (bounds staleness "
+        "the per-request delta check cannot see: an item re-projected in place, a history rewrite).",
+    )
+    catalog_cache_capacity: int = Field(
+        200_000, ge=0, description="Catalog rows (candidates, recent behaviors) held in process memory; 0 disables "
+        "the row cache (every row read from Redis).",
+    )
+    catalog_cache_ttl_s: float = Field(
+        60.0, gt=0, description="Longest time a cached catalog row is served before it is read again from Redis "
+        "(how late a catalog update is seen).",
     )
 
     # --- request limits

@@ -5,17 +5,22 @@ import pytest
 import torch
 
 from tests.test_twin_model import reference_round_robin
-from twin.attention import _topk_cpu, _topk_torch, round_robin_topk
+from twin.attention import _topk_cpu, _topk_torch, round_robin_topk, set_topk_threads
 
 
-@pytest.mark.parametrize("kind", ["ties", "continuous", "signed_zeros"])
-def test_cpu_topk_equals_torch_topk_at_w1_size(kind):
+@pytest.mark.parametrize("L", [10_000, 10_007])  # 10,007: tail columns outside the groups
+@pytest.mark.parametrize("kind", ["ties", "continuous", "signed_zeros", "few_valid"])
+def test_cpu_topk_equals_torch_topk_at_w1_size(kind, L):
     g = torch.Generator().manual_seed(3)
-    R, L, kk = 40, 10_000, 100
+    R, kk = 40, 100
     if kind == "ties":  # repeated items tie often: a handful of distinct values
         x = torch.randint(0, 7, (R, L), generator=g).float()
     elif kind == "continuous":
         x = torch.randn(R, L, generator=g)
+    elif kind == "few_valid":  # fewer valid entries than kk in some rows: the threshold is -inf there
+        x = torch.randn(R, L, generator=g)
+        x[:, 60:] = float("-inf")
+        x[::2, 60:] = torch.randn(R // 2, L - 60, generator=g)
     else:
         x = torch.where(torch.rand(R, L, generator=g) < 0.5, torch.tensor(0.0), torch.tensor(-0.0))
         x[:, ::97] = 1.0
@@ -33,3 +38,24 @@ def test_round_robin_at_w1_size_with_ties_matches_reference():
     positions, valid = round_robin_topk(alpha, 100)
     for c in range(2):
         assert positions[0, c][valid[0, c]].tolist() == reference_round_robin(alpha[0, :, c], 100)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_row_parallel_topk_equals_serial(threads):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randint(0, 50, (4 * 2 * 100, 10_000), generator=g).float()  # B=2 at W1, ties everywhere
+    x[300:, 7_000:] = float("-inf")
+    serial = _topk_cpu(x, 100)
+    set_topk_threads(threads)
+    try:
+        parallel = _topk_cpu(x, 100)
+        small = _topk_cpu(x[:100], 100)  # too few rows to split: runs serially
+    finally:
+        set_topk_threads(1)
+    assert torch.equal(parallel[1], serial[1]) and torch.equal(parallel[0], serial[0])
+    assert torch.equal(small[1], serial[1][:100])
+
+
+def test_topk_threads_must_be_positive():
+    with pytest.raises(ValueError, match=">= 1"):
+        set_topk_threads(0)

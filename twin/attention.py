@@ -9,8 +9,11 @@ No score averaging: a behavior ranked high by any one head is kept.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -62,95 +65,133 @@ def cross_bias(cross_parts: list[torch.Tensor], w_c: torch.Tensor, beta: torch.T
     return out
 
 
-def _take(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """x [R, L] at idx [R, W] -> [R, W] (torch's gather: 2-4x faster than np.take_along_axis here)."""
-    return torch.from_numpy(x).gather(-1, torch.from_numpy(idx)).numpy()
-
-
-@dataclass
-class _Candidates:
-    """Per row of x [R, L], the candidate entries of the n largest (see _candidates)."""
-
-    vals: np.ndarray  # [R, W] float32; columns j < s*n_keep: member j // n_keep of group groups[:, j % n_keep]
-    groups: np.ndarray | None  # [R, n_keep] kept group ids; None: every column is a candidate (W = L)
-    s: int  # members per group
-    G: int  # groups per row; columns >= s*G (the tail) are always candidates
-
-    def positions(self, rows: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """rows, candidate columns j (same shape, any) -> positions in the row, int64"""
-        if self.groups is None:
-            return j.astype(np.int64)
-        n_keep = self.groups.shape[1]
-        grouped = j < self.s * n_keep
-        member = self.groups[rows, np.where(grouped, j % n_keep, 0)] + self.G * (j // n_keep)
-        return np.where(grouped, member, j - self.s * n_keep + self.s * self.G)
-
-
-def _candidates(x: np.ndarray, n: int) -> _Candidates:
-    """Candidates holding every entry >= the n-th largest of its row, x [R, L] float32 (CPU).
-
-    Two levels, so the selection runs on ~2*sqrt(L*n) entries instead of L: the row is cut into
-    G groups of s strided members (group g = columns g, g+G, ...: the maxima are elementwise maxima of
-    s contiguous slices); with t the n-th largest group maximum, the groups whose maximum is >= t are
-    kept (with a few below t as slack) and their members are the candidates. Complete: n group maxima
-    are >= t, so the n-th largest entry v is >= t; every entry >= v >= t lies in a group whose maximum
-    is >= t. Groups tied at t are all kept, so tied values are never cut arbitrarily (the caller orders
-    ties by position).
-    Example: L = 10,000, n = 100 -> s = 10, G = 1,000: select among 1,000 maxima, then ~1,000 members.
-    """
-    R, L = x.shape
-    s = max(1, round(math.sqrt(L / n)))
-    G = L // s
-    if s < 2 or G < 2 * n:  # too short for two levels to pay: every entry is a candidate
-        return _Candidates(x, None, 1, L)
-    body = torch.from_numpy(x)[:, :s * G].view(R, s, G)  # [R, s, G]
-    gmax = body.amax(1).numpy()  # [R, G]
-    # The n + n // 8 largest maxima in one selection: the slack holds the groups tied at t (repeated
-    # behaviors tie often), so a second selection is rarely needed.
-    m = min(G, n + n // 8)
-    groups = np.argpartition(gmax, G - m, axis=-1)[:, G - m:]  # [R, m]
-    t = np.partition(_take(gmax, groups), m - n, axis=-1)[:, m - n:m - n + 1]  # [R, 1] n-th largest maximum
-    n_keep = int((gmax >= t).sum(1).max())  # >= n: groups tied at t are kept too
-    if n_keep > m:
-        groups = np.argpartition(gmax, G - n_keep, axis=-1)[:, G - n_keep:]
-    # [R, n_keep]: every group whose maximum is >= t (the m largest hold them all when n_keep <= m)
-    groups = np.ascontiguousarray(groups)
-    n_keep = groups.shape[1]
-    g = torch.from_numpy(groups)[:, None, :].expand(R, s, n_keep)
-    vals = body.gather(-1, g).reshape(R, s * n_keep)  # [R, s*n_keep]
-    if s * G < L:  # the tail columns belong to no group: always candidates
-        vals = torch.cat([vals, torch.from_numpy(x[:, s * G:])], dim=1)
-    return _Candidates(vals.numpy(), groups, s, G)
-
-
 def _order_key(vals: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """float32 values [R, W] and positions [R, W] -> int64 keys, larger = (value desc, position asc).
+    """float32 values and positions (broadcastable) -> int64 keys, larger = (value desc, position asc).
 
     The float bits are mapped to an int32 of the same order (negatives: magnitude bits flipped), put
     above the complemented position: every key is unique, so a plain selection/sort on the keys
     is the tie-broken order with no tie handling. -0.0 is folded into +0.0 first (they compare equal).
     """
     bits = (vals + np.float32(0.0)).view(np.int32)
-    mono = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))  # [R, W] int32, same order as the floats
+    mono = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))  # int32, same order as the floats
     return (mono.astype(np.int64) << 32) + (np.int64(0xFFFFFFFF) - pos)
 
 
+def _decode_key(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """_order_key's inverse: int64 keys -> (float32 values, int64 positions)."""
+    mono = (key >> 32).astype(np.int32)
+    bits = mono ^ ((mono >> 31) & np.int32(0x7FFFFFFF))  # the mapping is its own inverse
+    return bits.view(np.float32), np.int64(0xFFFFFFFF) - (key & np.int64(0xFFFFFFFF))
+
+
+_PAD_KEY = np.iinfo(np.int64).min  # below every real key
+
+
+def _candidate_keys(x: np.ndarray, n: int) -> np.ndarray:
+    """Order keys [R, W] of a candidate set holding every entry >= the n-th largest of its row,
+    x [R, L] float32 (CPU); padding slots hold _PAD_KEY.
+
+    Two levels, so the selection runs on ~2*sqrt(L*n) entries instead of L: the row is cut into
+    G groups of s strided members (group g = columns g, g+G, ...: the maxima are elementwise maxima of
+    s contiguous slices, one vectorised pass); t = the n-th largest group maximum (a value-only
+    partition, ~5x cheaper than an argpartition); the groups whose maximum is >= t are kept and their
+    members are the candidates. Complete: n group maxima are >= t, so the n-th largest entry v is >= t,
+    and every entry >= v lies in a group whose maximum is >= t. Groups tied at t are all kept, so tied
+    values are never cut arbitrarily (the keys order ties by position).
+    Example: L = 10,000, n = 100 -> s = 10, G = 1,000: a partition of 1,000 maxima, then ~1,000 members.
+    """
+    R, L = x.shape
+    s = max(1, round(math.sqrt(L / n)))
+    G = L // s
+    if s < 2 or G < 2 * n:  # too short for two levels to pay: every entry is a candidate
+        return _order_key(x, np.arange(L))
+    body = torch.from_numpy(x)[:, :s * G].view(R, s, G)  # [R, s, G]
+    gmax = body.amax(1).numpy()  # [R, G]
+    t = np.partition(gmax, G - n, axis=-1)[:, G - n:G - n + 1]  # [R, 1] n-th largest maximum
+    rows, kept = np.nonzero(gmax >= t)  # row-major: each row's kept groups
+    count = np.bincount(rows, minlength=R)  # [R] >= n
+    w = int(count.max())
+    pad = None
+    if (count == w).all():  # the usual case: no ties at t, exactly n per row
+        groups = kept.reshape(R, w)
+    else:  # ragged: left-align each row's groups, pad with group 0 and mask those keys out below
+        groups = np.zeros((R, w), np.int64)
+        groups[rows, np.arange(rows.size) - (np.cumsum(count) - count)[rows]] = kept
+        pad = np.arange(w)[None, :] >= count[:, None]  # [R, w]
+    g = torch.from_numpy(groups)[:, None, :].expand(R, s, w)
+    vals = body.gather(-1, g).numpy()  # [R, s, w] members of the kept groups
+    key = _order_key(vals, groups[:, None, :] + G * np.arange(s)[:, None])  # [R, s, w]
+    if pad is not None:
+        key[np.broadcast_to(pad[:, None, :], key.shape)] = _PAD_KEY
+    key = key.reshape(R, s * w)
+    if s * G < L:  # the tail columns belong to no group: always candidates
+        key = np.concatenate([key, _order_key(x[:, s * G:], np.arange(s * G, L))], axis=1)
+    return key
+
+
+# Row-parallel CPU top-k: plain threads, not OpenMP. numpy and torch release the GIL in the selection's
+# array ops, so rows split across threads run in parallel; and unlike an OpenMP team there is no
+# spinning barrier, so a thread descheduled on a busy host delays only its own rows.
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_threads = 1
+_local = threading.local()  # .serial: this thread selects its rows alone (see serial_topk_in_this_thread)
+MIN_ROWS_PER_THREAD = 64
+
+
+def set_topk_threads(n: int) -> None:
+    """Threads (the caller's included) that the CPU top-k splits its rows over; 1 = serial (default).
+    Process-wide, like torch.set_num_threads; results do not depend on it."""
+    global _pool, _pool_threads
+    if n < 1:
+        raise ValueError(f"top-k threads must be >= 1, got {n}")
+    with _pool_lock:
+        if n != _pool_threads:
+            old, _pool = _pool, (ThreadPoolExecutor(n - 1, thread_name_prefix="twin-topk") if n > 1 else None)
+            _pool_threads = n
+            if old is not None:
+                old.shutdown(wait=False)
+
+
+@contextlib.contextmanager
+def serial_topk() -> Iterator[None]:
+    """Within the block, the calling thread's top-k stays serial: for threads that are themselves one of
+    several running in parallel (a caller splitting a batch over threads), where splitting the rows
+    again would only oversubscribe the cores."""
+    prev = getattr(_local, "serial", False)
+    _local.serial = True
+    try:
+        yield
+    finally:
+        _local.serial = prev
+
+
 def _topk_cpu(x: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """_topk_by_value_then_position for float32 on the CPU: numpy's introselect (argpartition) on
-    ~1,000 candidates per row, then unique (value, position) keys on the ~kk survivors; 3-5x faster
-    than torch.topk and its stable sorts at W1."""
-    xa = x.detach().contiguous().numpy()  # [R, L]
-    c = _candidates(xa, kk)
-    R, W = c.vals.shape
-    cut = np.partition(c.vals, W - kk, axis=-1)[:, W - kk:W - kk + 1] if W > kk else c.vals.min(1, keepdims=True)
-    rows, j = np.nonzero(c.vals >= cut)  # the kk largest of each row and every entry tied with its kk-th
-    count = np.bincount(rows, minlength=R)  # [R] >= kk
-    slot = np.arange(rows.size) - (np.cumsum(count) - count)[rows]  # rank of each survivor in its row
-    key = np.full((R, int(count.max())), np.iinfo(np.int64).min)  # [R, width]; padding sorts last
-    key[rows, slot] = _order_key(c.vals[rows, j], c.positions(rows, j))
-    key = np.sort(key, axis=-1)[:, :-kk - 1:-1]  # [R, kk] descending
-    idx = np.int64(0xFFFFFFFF) - (key & np.int64(0xFFFFFFFF))
-    return torch.from_numpy(_take(xa, idx)), torch.from_numpy(idx)
+    """_topk_cpu_rows over row chunks, one per top-k thread (see set_topk_threads)."""
+    if getattr(_local, "serial", False):
+        return _topk_cpu_rows(x, kk)
+    with _pool_lock:
+        pool, n = _pool, min(_pool_threads, x.shape[0] // MIN_ROWS_PER_THREAD)
+        if pool is None or n < 2:
+            pool = None
+        else:
+            chunks = x.tensor_split(n)  # views, no copy
+            futures = [pool.submit(_topk_cpu_rows, c, kk) for c in chunks[1:]]
+    if pool is None:
+        return _topk_cpu_rows(x, kk)
+    parts = [_topk_cpu_rows(chunks[0], kk)] + [f.result() for f in futures]
+    return torch.cat([v for v, _ in parts]), torch.cat([i for _, i in parts])
+
+
+def _topk_cpu_rows(x: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """_topk_by_value_then_position for float32 on the CPU: the unique (value, position) keys of
+    ~1,000 candidates per row, numpy's introselect on them, a sort of the kk survivors; the values
+    come back out of the keys. 3-5x faster than torch.topk and its stable sorts at W1."""
+    key = _candidate_keys(x.detach().contiguous().numpy(), kk)  # [R, W], W >= kk
+    W = key.shape[1]
+    top = np.partition(key, W - kk, axis=-1)[:, W - kk:] if W > kk else key  # [R, kk]
+    vals, idx = _decode_key(np.sort(top, axis=-1)[:, ::-1])  # descending
+    return torch.from_numpy(np.ascontiguousarray(vals)), torch.from_numpy(np.ascontiguousarray(idx))
 
 
 def _topk_torch(x: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:

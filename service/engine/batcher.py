@@ -233,7 +233,8 @@ class MicroBatcher:
                 p.started_at = started
             slot = batch[0].inputs.slot
             try:
-                results: list[ScoreResult] = await self.worker.call(run_batch, slot, [p.inputs for p in batch])  # step 2
+                results: list[ScoreResult] = await self.worker.call(  # step 2
+                    run_batch, slot, [p.inputs for p in batch], self.worker.branches, self.worker.parallel)
             except asyncio.CancelledError:
                 for p in batch:
                     if not p.future.done():

@@ -6,7 +6,9 @@ torch.inference_mode and, on CUDA with half precision, float16 autocast.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+from concurrent.futures import Executor
 
 import numpy as np
 import torch
@@ -14,6 +16,7 @@ import torch
 from service.engine.buckets import bucket_for
 from service.engine.request import ScoreInputs, ScoreResult
 from service.engine.slot import ModelSlot
+from twin.attention import serial_topk
 from twin.model import ServeBatch
 
 
@@ -62,18 +65,21 @@ def collate(slot: ModelSlot, items: list[ScoreInputs]) -> ServeBatch:
 
 
 def alpha_scratch(slot: ModelSlot, batch: ServeBatch) -> torch.Tensor | None:
-    """CPU: the slot's reusable buffer for alpha [B, A, Cb, Lb] (16 MB per W1 request), grown on demand.
-    glibc hands the inference thread fresh pages for an allocation that size on every batch: measured
-    ~4,300 page faults per W1 request (10 ms of CPU) without it, none with it. Accelerators: None
-    (their caching allocators reuse memory already)."""
+    """CPU: the calling thread's reusable buffer for alpha [B, A, Cb, Lb] (16 MB per W1 request), grown
+    on demand; one per thread because a batch's requests may run on several (run_batch). Without it
+    glibc maps fresh pages for an allocation that size on every batch: ~4,300 page faults per W1
+    request (10 ms of CPU), above the mmap threshold even with service.malloc_tuning. Accelerators:
+    None (their caching allocators reuse memory already)."""
     if slot.device.type != "cpu":
         return None
     B, Lb = batch.seq_mask.shape
     n = B * slot.cfg.n_heads * batch.cand.shape[1] * Lb
-    if slot.alpha_scratch is None or slot.alpha_scratch.numel() < n:
-        slot.alpha_scratch = None  # free the old one first
-        slot.alpha_scratch = torch.empty(n, dtype=torch.float32)
-    return slot.alpha_scratch
+    me = threading.get_ident()
+    buf = slot.alpha_scratch.get(me)
+    if buf is None or buf.numel() < n:
+        slot.alpha_scratch.pop(me, None)  # free the old one first
+        buf = slot.alpha_scratch[me] = torch.empty(n, dtype=torch.float32)
+    return buf
 
 
 def _sync(device: torch.device) -> None:
@@ -81,8 +87,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_batch(slot: ModelSlot, items: list[ScoreInputs]) -> list[ScoreResult]:
-    """-> one ScoreResult per item, same order. gsu_ms includes padding and host->device copies."""
+def run_batch(slot: ModelSlot, items: list[ScoreInputs], branches: Executor | None = None,
+              n_branches: int = 1) -> list[ScoreResult]:
+    """-> one ScoreResult per item, same order.
+
+    CPU with `branches` (an executor of n_branches - 1 threads) and several requests: the batch is cut
+    into up to n_branches contiguous groups that run side by side, this thread taking the first. On a
+    CPU a batch of B costs B times one request, so this, not padding requests together, is what turns
+    concurrency into throughput; each group's top-k stays serial (its thread is already one of the
+    parallel ones). Scores do not depend on the split: requests never interact in the model."""
+    n = min(n_branches, len(items)) if branches is not None and slot.device.type == "cpu" else 1
+    size = (len(items), sum(it.n_cand for it in items))  # the batch's, for the batch metrics
+    if n < 2:
+        return _run_group(slot, items, size)
+    groups = [list(g) for g in np.array_split(np.arange(len(items)), n)]
+
+    def run(idx: list[int]) -> list[ScoreResult]:
+        with serial_topk():
+            return _run_group(slot, [items[i] for i in idx], size)
+
+    futures = [branches.submit(run, g) for g in groups[1:]]  # type: ignore[union-attr]
+    first = run(groups[0])
+    return first + [r for f in futures for r in f.result()]
+
+
+def _run_group(slot: ModelSlot, items: list[ScoreInputs], size: tuple[int, int]) -> list[ScoreResult]:
+    """One padded forward over items. gsu_ms includes padding and host->device copies."""
     explain = any(it.explain for it in items)
     amp = (torch.autocast(slot.device.type, dtype=slot.autocast) if slot.autocast is not None
            else contextlib.nullcontext())
@@ -101,13 +131,12 @@ def run_batch(slot: ModelSlot, items: list[ScoreInputs]) -> list[ScoreResult]:
                   e.alpha_proj.float().cpu().numpy(), e.alpha_bias.float().cpu().numpy())
         t2 = time.perf_counter()
     gsu_ms, esu_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
-    n_cand = sum(it.n_cand for it in items)
     results = []
     for i, it in enumerate(items):
         c = it.n_cand
         parts = (ex[0][i, :c], ex[1][i, :c], ex[2][i, :c], ex[3][i, :c]) if (ex and it.explain) else (None,) * 4
         results.append(ScoreResult(scores[i, :c].copy(), *parts, gsu_ms=gsu_ms, esu_ms=esu_ms,
-                                   batch_requests=len(items), batch_candidates=n_cand))
+                                   batch_requests=size[0], batch_candidates=size[1]))
     return results
 
 

@@ -1,6 +1,7 @@
-"""One loaded model version and everything bound to it: the model on its device, its shape buckets
-and the stores that read under its projection namespace. A batch carries its slot, so in-flight
-requests finish on the version they started with while a new slot is switched in."""
+"""One loaded model version and everything bound to it: the model on its device, its shape buckets,
+the stores that read under its projection namespace and the caches of what they read (projections
+and user sequences hold per-version projections, so a new slot starts them empty). A batch carries
+its slot, so in-flight requests finish on the version they started with while a new slot is switched in."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,8 +13,10 @@ from twin.config import FeatureSchema, TwinConfig
 
 if TYPE_CHECKING:
     from cache.behavior_store import BehaviorStore
+    from cache.catalog_cache import CatalogRowCache
     from cache.catalog_store import CatalogStore
     from cache.local_cache import LocalProjectionCache
+    from cache.user_sequence_cache import UserSequenceCache
     from model_store.manifest import Manifest
     from twin.model import TwinCTR
 
@@ -31,10 +34,17 @@ class ModelSlot:
     behaviors: "BehaviorStore"
     catalog: "CatalogStore"
     local_cache: "LocalProjectionCache"
+    user_cache: "UserSequenceCache | None" = None      # None = disabled (TWIN_USER_CACHE_MB=0)
+    catalog_cache: "CatalogRowCache | None" = None     # None = disabled (TWIN_CATALOG_CACHE_CAPACITY=0)
     warm: bool = False
     meta: dict = field(default_factory=dict)
-    # CPU: alpha's buffer, reused by every batch of this slot (only its inference thread touches it).
-    alpha_scratch: torch.Tensor | None = None
+    # CPU: alpha's buffer per inference/branch thread id, reused by every batch of this slot.
+    alpha_scratch: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def catalog_rows(self) -> "CatalogRowCache | CatalogStore":
+        """Where catalog rows are read: the row cache, or Redis when it is disabled (same get contract)."""
+        return self.catalog_cache if self.catalog_cache is not None else self.catalog
 
     @property
     def cfg(self) -> TwinConfig:

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from twin.attention import set_topk_threads
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -43,12 +45,27 @@ def default_threads(device: torch.device) -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+def default_parallel_threads(device: torch.device) -> int:
+    """CPU: plain threads one batch's work is spread over, when not configured: every core. A batch of
+    several requests runs them on that many threads at once (each on `threads` torch threads); a lone
+    request splits its top-k rows over them (twin.attention.set_topk_threads). Plain threads, not an
+    OpenMP team: when the event loop or another job holds a core, the work of the thread that waits is
+    late, but nothing spins at a barrier. Accelerators batch on the device: 1."""
+    return max(1, os.cpu_count() or 1) if device.type == "cpu" else 1
+
+
 class InferenceWorker:
-    def __init__(self, device: torch.device, torch_threads: int | None = None):
+    def __init__(self, device: torch.device, torch_threads: int | None = None, parallel_threads: int | None = None):
         self.device = device
         self.threads = torch_threads or default_threads(device)
+        self.parallel = parallel_threads or default_parallel_threads(device)
+        set_topk_threads(self.parallel if device.type == "cpu" else 1)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"twin-infer-{device.type}",
                                         initializer=self._init_thread)
+        # The threads that run a CPU batch's other requests next to the inference thread (forward.run_batch).
+        self.branches = (ThreadPoolExecutor(self.parallel - 1, thread_name_prefix="twin-branch",
+                                            initializer=torch.set_num_threads, initargs=(self.threads,))
+                         if device.type == "cpu" and self.parallel > 1 else None)
         self.closed = False
         self.last_ok = 0.0  # time.monotonic() of the last call that completed on the device
 
@@ -83,3 +100,5 @@ class InferenceWorker:
     def close(self) -> None:
         self.closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.branches is not None:
+            self.branches.shutdown(wait=True, cancel_futures=True)
