@@ -45,7 +45,7 @@ from service.settings import Settings
 from service.seeding import load_catalog, load_histories, project
 from training.schemas import synthetic_schema
 from twin.config import TwinConfig
-from twin.attention import set_topk_threads
+from twin.cpu_threads import set_cpu_threads
 from twin.model import ServeBatch, TwinCTR
 
 L, C, K, HEADS = 10_000, 100, 100, 4
@@ -231,7 +231,7 @@ async def bench(quick: bool) -> None:
     proc = None
     threads = default_threads(torch.device("cpu"))  # what the service's inference thread runs on
     parallel = default_parallel_threads(torch.device("cpu"))
-    set_topk_threads(parallel)  # a lone request: what the service does with its parallel threads
+    set_cpu_threads(parallel)  # a lone request: what the service does with its parallel threads
     keep_freed_memory(Settings.model_fields["malloc_keep_mb"].default)  # as `python -m service` does
     torch.set_num_threads(threads)
     at_start = machine_line()
@@ -275,7 +275,7 @@ async def bench(quick: bool) -> None:
     b50, b99 = pct(bare, 50), pct(bare, 99)
     print(f"\n### W1 (L={L:,}, C={C}, k={K}, {HEADS} heads), CPU\n")
     print(f"{'quick run' if quick else 'full run'}; start: {at_start}; end: {machine_line()}.  ")
-    print(f"torch threads: {threads}, parallel threads: {parallel} (top-k rows of a lone request; a batch's requests side by side), in the bare forward and in the service.\n")
+    print(f"torch threads: {threads}, parallel threads: {parallel} (a lone request's GEMM heads and top-k rows; a batch's requests side by side), in the bare forward and in the service.\n")
     print(f"bare forward `model.score` (B=1, float16 projections): p50 {b50:.2f} ms, p99 {b99:.2f} ms, "
           f"{1e3 / b50:.1f} req/s ({len(bare)} calls, interleaved with the concurrency-1 rounds)\n")
     print("| concurrency | HTTP p50 ms | HTTP p99 ms | req/s | HTTP p50 / bare p50 | errors | degraded | requests "

@@ -119,6 +119,8 @@ export TWIN_MODEL_ROOT="${TWIN_MODEL_ROOT:-$DATA_DIR/models}"  # `make stack` sh
 export TWIN_HOST=127.0.0.1
 # share the cores between replicas, keeping half for the event loops (the service default: cores/2)
 export TWIN_TORCH_THREADS="${TWIN_TORCH_THREADS:-$(( $(nproc) / (2 * REPLICAS) > 0 ? $(nproc) / (2 * REPLICAS) : 1 ))}"
+# and the plain threads that split one batch (service default: every core) between the replicas
+export TWIN_PARALLEL_THREADS="${TWIN_PARALLEL_THREADS:-$(( $(nproc) / REPLICAS > 0 ? $(nproc) / REPLICAS : 1 ))}"
 
 # --- one-shot init: demo model, projections, seed users/items (+ the load-test world)
 echo "run_stack: bootstrap${WORLD:+ --world $WORLD} (log $LOGS/bootstrap.log)"
@@ -141,7 +143,10 @@ if [[ -n "$WORLD" ]]; then
   # serve the whole seeded log (the demo model was trained at L = 1,000; it is length-agnostic)
   export TWIN_MAX_SEQ_LEN="${TWIN_MAX_SEQ_LEN:-$seeded_len}" TWIN_LOADTEST_SEEDED_LEN="$seeded_len"
   export TWIN_LOADTEST_WORKLOAD="${TWIN_LOADTEST_WORKLOAD:-$WORLD}"
-  echo "run_stack: world $WORLD: users $TWIN_DEMO_FIRST_USER.. ($TWIN_DEMO_USERS), scorers read L=$TWIN_MAX_SEQ_LEN"
+  # room for every world user's cached sequence (~300 B per behavior: projection, ids, ts, cross)
+  export TWIN_USER_CACHE_MB="${TWIN_USER_CACHE_MB:-$(( TWIN_DEMO_USERS * seeded_len * 300 / 1000000 + 64 ))}"
+  echo "run_stack: world $WORLD: users $TWIN_DEMO_FIRST_USER.. ($TWIN_DEMO_USERS), scorers read L=$TWIN_MAX_SEQ_LEN," \
+    "user cache ${TWIN_USER_CACHE_MB} MB"
 fi
 
 # --- scorer replicas

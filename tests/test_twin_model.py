@@ -157,3 +157,22 @@ def test_config_rejects_bad_values():
         dataclasses.replace(tiny_config(), gsu="avg")
     with pytest.raises(ValueError, match="top_k"):
         dataclasses.replace(tiny_config(), top_k=0)
+
+
+def test_esu_pools_the_cross_values_before_projecting_them_with_the_same_result():
+    from twin.attention import esu_pool, masked_softmax
+
+    g = torch.Generator().manual_seed(8)
+    B, C, k, A, d_v, cx = 2, 3, 5, 4, 6, 7
+    alpha = torch.randn(B, C, A, k, generator=g)
+    vals_inh = torch.randn(B, C, k, A, d_v, generator=g)
+    cross = torch.randn(B, C, k, cx, generator=g)
+    w = torch.randn(A * d_v, cx, generator=g)
+    valid = torch.rand(B, C, k, generator=g) > 0.3
+    valid[0, 0] = False  # a candidate with nothing selected
+    _, heads, evidence = esu_pool(alpha, vals_inh, cross, w, valid)
+    values = vals_inh + (cross @ w.T).unflatten(-1, (A, d_v))  # the full K W^v, [B, C, k, A, d_v]
+    weights = masked_softmax(alpha, valid[:, :, None, :])
+    expected = torch.einsum("bcak,bckad->bcad", weights, values).flatten(-2)
+    torch.testing.assert_close(heads, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(heads[0, 0], torch.zeros(A * d_v)) and torch.equal(evidence[0, 0], torch.zeros(A))

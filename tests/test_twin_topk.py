@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from tests.test_twin_model import reference_round_robin
-from twin.attention import _topk_cpu, _topk_torch, round_robin_topk, set_topk_threads
+from twin.attention import _topk_cpu, _topk_torch, round_robin_topk
+from twin.cpu_threads import set_cpu_threads
 
 
 @pytest.mark.parametrize("L", [10_000, 10_007])  # 10,007: tail columns outside the groups
@@ -46,16 +47,16 @@ def test_row_parallel_topk_equals_serial(threads):
     x = torch.randint(0, 50, (4 * 2 * 100, 10_000), generator=g).float()  # B=2 at W1, ties everywhere
     x[300:, 7_000:] = float("-inf")
     serial = _topk_cpu(x, 100)
-    set_topk_threads(threads)
+    set_cpu_threads(threads)
     try:
         parallel = _topk_cpu(x, 100)
         small = _topk_cpu(x[:100], 100)  # too few rows to split: runs serially
     finally:
-        set_topk_threads(1)
+        set_cpu_threads(1)
     assert torch.equal(parallel[1], serial[1]) and torch.equal(parallel[0], serial[0])
     assert torch.equal(small[1], serial[1][:100])
 
 
-def test_topk_threads_must_be_positive():
+def test_cpu_threads_must_be_positive():
     with pytest.raises(ValueError, match=">= 1"):
-        set_topk_threads(0)
+        set_cpu_threads(0)

@@ -9,14 +9,12 @@ No score averaging: a behavior ranked high by any one head is kept.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+from twin import cpu_threads
 
 NEG_INF = float("-inf")
 
@@ -129,57 +127,14 @@ def _candidate_keys(x: np.ndarray, n: int) -> np.ndarray:
     return key
 
 
-# Row-parallel CPU top-k: plain threads, not OpenMP. numpy and torch release the GIL in the selection's
-# array ops, so rows split across threads run in parallel; and unlike an OpenMP team there is no
-# spinning barrier, so a thread descheduled on a busy host delays only its own rows.
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_pool_threads = 1
-_local = threading.local()  # .serial: this thread selects its rows alone (see serial_topk_in_this_thread)
 MIN_ROWS_PER_THREAD = 64
 
 
-def set_topk_threads(n: int) -> None:
-    """Threads (the caller's included) that the CPU top-k splits its rows over; 1 = serial (default).
-    Process-wide, like torch.set_num_threads; results do not depend on it."""
-    global _pool, _pool_threads
-    if n < 1:
-        raise ValueError(f"top-k threads must be >= 1, got {n}")
-    with _pool_lock:
-        if n != _pool_threads:
-            old, _pool = _pool, (ThreadPoolExecutor(n - 1, thread_name_prefix="twin-topk") if n > 1 else None)
-            _pool_threads = n
-            if old is not None:
-                old.shutdown(wait=False)
-
-
-@contextlib.contextmanager
-def serial_topk() -> Iterator[None]:
-    """Within the block, the calling thread's top-k stays serial: for threads that are themselves one of
-    several running in parallel (a caller splitting a batch over threads), where splitting the rows
-    again would only oversubscribe the cores."""
-    prev = getattr(_local, "serial", False)
-    _local.serial = True
-    try:
-        yield
-    finally:
-        _local.serial = prev
-
-
 def _topk_cpu(x: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """_topk_cpu_rows over row chunks, one per top-k thread (see set_topk_threads)."""
-    if getattr(_local, "serial", False):
-        return _topk_cpu_rows(x, kk)
-    with _pool_lock:
-        pool, n = _pool, min(_pool_threads, x.shape[0] // MIN_ROWS_PER_THREAD)
-        if pool is None or n < 2:
-            pool = None
-        else:
-            chunks = x.tensor_split(n)  # views, no copy
-            futures = [pool.submit(_topk_cpu_rows, c, kk) for c in chunks[1:]]
-    if pool is None:
-        return _topk_cpu_rows(x, kk)
-    parts = [_topk_cpu_rows(chunks[0], kk)] + [f.result() for f in futures]
+    """_topk_cpu_rows over row slices, split over the CPU threads (twin.cpu_threads)."""
+    parts = cpu_threads.split(x.shape[0], MIN_ROWS_PER_THREAD, lambda lo, hi: _topk_cpu_rows(x[lo:hi], kk))
+    if len(parts) == 1:
+        return parts[0]
     return torch.cat([v for v, _ in parts]), torch.cat([i for _, i in parts])
 
 
@@ -279,21 +234,28 @@ def masked_softmax(alpha: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(weights, nan=0.0)
 
 
-def esu_pool(alpha_sel: torch.Tensor, values: torch.Tensor, valid: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ESU multi-head target attention over the k selected behaviors.
+def esu_pool(alpha_sel: torch.Tensor, vals_inh: torch.Tensor, cross: torch.Tensor, w_v_cross: torch.Tensor,
+             valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ESU multi-head target attention over the k selected behaviors, values K W^v_a with the FULL K.
 
-    alpha_sel [B, C, A, k]   relevance of the selected behaviors
-    values    [B, C, k, A, d_v]  K W^v_a with the FULL K (inherent + cross parts)
+    alpha_sel [B, C, A, k]       relevance of the selected behaviors
+    vals_inh  [B, C, k, A, d_v]  inherent part K_h W^v_{h,a} (cached by the projector)
+    cross     [B, C, k, cx]      cross-feature embeddings K_c of the selected behaviors
+    w_v_cross [A*d_v, cx]        W^v_c (a Linear's weight)
     valid     [B, C, k]
     returns weights  [B, C, A, k] (softmax per head),
             heads    [B, C, A*d_v] (concat of head_a),
             evidence [B, C, A] log-sum-exp of alpha per head (0 with nothing selected): the softmax
                      normaliser that the weighted average hides, i.e. how MUCH of the history matched.
+    The cross part of the values is linear, so it is pooled before it is projected:
+    sum_k w_ak (K_c,k W^v_c,a) = (sum_k w_ak K_c,k) W^v_c,a; that projects C*A rows instead of C*k.
     """
     keep = valid[:, :, None, :]  # [B, C, 1, k]
     weights = masked_softmax(alpha_sel, keep)  # [B, C, A, k]
-    heads = torch.einsum("bcak,bckad->bcad", weights, values)  # [B, C, A, d_v]
+    heads = torch.einsum("bcak,bckad->bcad", weights, vals_inh)  # [B, C, A, d_v]
+    pooled = torch.einsum("bcak,bckx->bcax", weights, cross)  # [B, C, A, cx]
+    A, d_v = vals_inh.shape[-2:]
+    heads = heads + torch.einsum("bcax,adx->bcad", pooled, w_v_cross.view(A, d_v, -1))
     evidence = torch.logsumexp(alpha_sel.masked_fill(~keep, NEG_INF), dim=-1)  # [B, C, A]
     evidence = evidence.masked_fill(~valid.any(-1, keepdim=True), 0.0)
     return weights, heads.flatten(-2), evidence

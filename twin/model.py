@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import cpu_threads
 from .attention import attention_logits, cross_bias, esu_pool, masked_softmax, recent_topk, round_robin_topk
 from .config import TwinConfig
 from .features import FeatureGroupEmbedding, context_raw, cross_ids
@@ -170,7 +171,7 @@ class TwinCTR(nn.Module):
         bias_m = bias.masked_fill(~seq_mask[:, :, None], float("-inf")).permute(0, 2, 1).contiguous()  # [B, A, L]
         B, L, A, _ = keys.shape
         shape = (B, A, queries.shape[1], L)
-        if keys.device.type != "cpu" or (B == 1 and scratch is None):
+        if keys.device.type != "cpu":
             # one batched GEMM (B > 1: a copy folds (B, A) into one batch dim, cheap on GPUs)
             return attention_logits(keys.transpose(1, 2), queries.transpose(1, 2), bias_m[:, :, None, :])
         n = math.prod(shape)
@@ -179,7 +180,10 @@ class TwinCTR(nn.Module):
         alpha = (scratch[:n].view(shape) if scratch is not None
                  else torch.empty(shape, dtype=queries.dtype, device=keys.device))
         for i in range(B):  # per user: (A) folds into the GEMM batch without copying the keys
-            attention_logits(keys[i].transpose(0, 1), queries[i].transpose(0, 1), bias_m[i, :, None, :], out=alpha[i])
+            def heads(lo: int, hi: int, i: int = i) -> None:  # heads lo..hi-1 of user i, split over CPU threads
+                attention_logits(keys[i, :, lo:hi].transpose(0, 1), queries[i, :, lo:hi].transpose(0, 1),
+                                 bias_m[i, lo:hi, None, :], out=alpha[i, lo:hi])
+            cpu_threads.split(A, 1, heads)
         return alpha
 
     def _select(self, alpha: torch.Tensor, seq_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,11 +210,6 @@ class TwinCTR(nn.Module):
             parts.append(ctx[:, None, :].expand(-1, q_emb.shape[1], -1))
         return self.tower(torch.cat(parts, dim=-1)).squeeze(-1)
 
-    def _values(self, vals_inh_sel: torch.Tensor, cross_sel: list[torch.Tensor]) -> torch.Tensor:
-        """inherent values [B, C, k, A, d_v] + cross part -> full K W^v [B, C, k, A, d_v]"""
-        v_cross = self.w_v_cross(torch.cat(cross_sel, dim=-1))  # [B, C, k, A*d_v]
-        return vals_inh_sel + v_cross.unflatten(-1, (self.cfg.n_heads, self.cfg.d_v))
-
     # ---- training path ------------------------------------------------------------------------
     def forward(self, b: TrainBatch) -> torch.Tensor:
         """-> logits [B] (one target per sample, C = 1)."""
@@ -230,7 +229,7 @@ class TwinCTR(nn.Module):
             bias_sel[:, :, :, None, :],       # [B, 1, A, 1, k]
         ).squeeze(-2)  # [B, 1, A, k]
         cross_sel = [_gather_seq(p, positions) for p in cross_parts]  # J x [B, 1, k, e]
-        _, heads, evidence = esu_pool(alpha_sel, self._values(vals_sel, cross_sel), valid)
+        _, heads, evidence = esu_pool(alpha_sel, vals_sel, torch.cat(cross_sel, dim=-1), self.w_v_cross.weight, valid)
         recent = torch.cat([self.inherent_emb(b.seq_items[:, :S]), *[p[:, :S] for p in cross_parts]], dim=-1)
         short = self._short_term(q_emb, recent, b.seq_mask[:, :S])
         return self._tower(q_emb, heads, evidence, short, b.now, b.hist_len).squeeze(-1)
@@ -279,7 +278,8 @@ class TwinCTR(nn.Module):
         _, vals_all = self._split_proj(b.seq_proj)  # [B, L, A, d_v] view: only the selected rows are read
         vals_inh = _gather_seq(vals_all, g.positions).to(g.q_emb.dtype)  # [B, C, k, A, d_v]
         cross_sel = [_gather_seq(p, g.positions) for p in g.cross_emb]
-        weights, heads, evidence = esu_pool(g.alpha_sel, self._values(vals_inh, cross_sel), g.valid)
+        weights, heads, evidence = esu_pool(g.alpha_sel, vals_inh, torch.cat(cross_sel, dim=-1), self.w_v_cross.weight,
+                                            g.valid)
         S = b.recent_items.shape[1]  # min(short_len, L)
         recent_cross = [p[:, :S] for p in g.cross_emb]
         recent = torch.cat([self.inherent_emb(b.recent_items), *recent_cross], dim=-1)  # [B, S, H+Cx]

@@ -16,7 +16,7 @@ import torch
 from service.engine.buckets import bucket_for
 from service.engine.request import ScoreInputs, ScoreResult
 from service.engine.slot import ModelSlot
-from twin.attention import serial_topk
+from twin import cpu_threads
 from twin.model import ServeBatch
 
 
@@ -94,7 +94,7 @@ def run_batch(slot: ModelSlot, items: list[ScoreInputs], branches: Executor | No
     CPU with `branches` (an executor of n_branches - 1 threads) and several requests: the batch is cut
     into up to n_branches contiguous groups that run side by side, this thread taking the first. On a
     CPU a batch of B costs B times one request, so this, not padding requests together, is what turns
-    concurrency into throughput; each group's top-k stays serial (its thread is already one of the
+    concurrency into throughput; each group's own GEMM and top-k stay serial (its thread is already one of the
     parallel ones). Scores do not depend on the split: requests never interact in the model."""
     n = min(n_branches, len(items)) if branches is not None and slot.device.type == "cpu" else 1
     size = (len(items), sum(it.n_cand for it in items))  # the batch's, for the batch metrics
@@ -103,7 +103,7 @@ def run_batch(slot: ModelSlot, items: list[ScoreInputs], branches: Executor | No
     groups = [list(g) for g in np.array_split(np.arange(len(items)), n)]
 
     def run(idx: list[int]) -> list[ScoreResult]:
-        with serial_topk():
+        with cpu_threads.serial():
             return _run_group(slot, [items[i] for i in idx], size)
 
     futures = [branches.submit(run, g) for g in groups[1:]]  # type: ignore[union-attr]

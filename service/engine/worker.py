@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from twin.attention import set_topk_threads
+from twin.cpu_threads import set_cpu_threads
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,7 +48,7 @@ def default_threads(device: torch.device) -> int:
 def default_parallel_threads(device: torch.device) -> int:
     """CPU: plain threads one batch's work is spread over, when not configured: every core. A batch of
     several requests runs them on that many threads at once (each on `threads` torch threads); a lone
-    request splits its top-k rows over them (twin.attention.set_topk_threads). Plain threads, not an
+    request splits its alpha GEMM and top-k over them (twin.cpu_threads). Plain threads, not an
     OpenMP team: when the event loop or another job holds a core, the work of the thread that waits is
     late, but nothing spins at a barrier. Accelerators batch on the device: 1."""
     return max(1, os.cpu_count() or 1) if device.type == "cpu" else 1
@@ -59,7 +59,7 @@ class InferenceWorker:
         self.device = device
         self.threads = torch_threads or default_threads(device)
         self.parallel = parallel_threads or default_parallel_threads(device)
-        set_topk_threads(self.parallel if device.type == "cpu" else 1)
+        set_cpu_threads(self.parallel if device.type == "cpu" else 1)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"twin-infer-{device.type}",
                                         initializer=self._init_thread)
         # The threads that run a CPU batch's other requests next to the inference thread (forward.run_batch).
