@@ -15,20 +15,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import time
 import uuid
 from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
 
+import hiredis
 import numpy as np
 import torch
+from redis.asyncio.connection import parse_url
 
 from cache.behavior_store import BehaviorBlock, BehaviorStore
 from cache.catalog_store import CatalogStore
 from cache.connection import open_redis
-from cache.layout import Keys
+from cache.layout import Keys, group_by_bucket
 from cache.local_cache import LocalProjectionCache
 from cache.projection_store import ProjectionStore, delete_version
 from cache.projector import best_device, project_version
+from service.malloc_tuning import keep_freed_memory
+from service.settings import Settings
 from training.schemas import synthetic_schema
 from twin.config import TwinConfig
 from twin.model import TwinCTR
@@ -66,6 +72,36 @@ async def hmget_server_us(h: Any) -> float | None:
     return float(stats.get("cmdstat_hmget", {}).get("usec", 0))
 
 
+async def redis_floor(url: str | None, keys: list[bytes], width: int, queries: list[np.ndarray]) -> list[float] | None:
+    """Seconds per query for the same HMGETs with the client's work taken out: the commands are
+    packed before the clock starts and the replies are read as raw bytes, not parsed (every id
+    must exist, so the reply length is known). What is left is Redis + loopback transfer, the
+    floor of any client. Plain redis:// and unix:// URLs without a password only."""
+    if not url or urlsplit(url).scheme not in ("redis", "unix") or parse_url(url).get("password"):
+        return None
+    o = parse_url(url)
+    reader, writer = await (asyncio.open_unix_connection(o["path"]) if "path" in o else
+                            asyncio.open_connection(o.get("host", "localhost"), o.get("port", 6379)))
+    try:
+        writer.write(hiredis.pack_command(("SELECT", o.get("db", 0))))
+        await reader.readexactly(5)  # +OK\r\n
+        out = []
+        for q in queries:
+            order, groups = group_by_bucket(q, len(keys))
+            ids = q[order].tolist()
+            packed = b"".join(hiredis.pack_command(("HMGET", keys[b], *ids[s:e])) for b, s, e in groups)
+            # reply: per bucket "*<m>\r\n", then per id "$<width>\r\n<value>\r\n"
+            n_bytes = sum(len(b"*%d\r\n" % (e - s)) for _, s, e in groups)
+            n_bytes += q.size * (len(b"$%d\r\n" % width) + width + 2)
+            t = time.perf_counter()
+            writer.write(packed)
+            await asyncio.wait_for(reader.readexactly(n_bytes), 10)
+            out.append(time.perf_counter() - t)
+        return out
+    finally:
+        writer.close()
+
+
 async def memory_per_entry(client: Any, keys: list[bytes], entries: int) -> float:
     pipe = client.pipeline(transaction=False)
     for k in keys:
@@ -77,6 +113,8 @@ async def memory_per_entry(client: Any, keys: list[bytes], entries: int) -> floa
 async def main(args: argparse.Namespace) -> None:
     reps = 10 if args.quick else 50
     n_items = min(args.items, 100_000) if args.quick else args.items
+    keep_mb = Settings.model_fields["malloc_keep_mb"].default
+    kept = keep_freed_memory(keep_mb)  # as `python -m service` does: temporaries stop page-faulting
     h = await open_redis(args.redis_url)
     keys = Keys(prefix=f"bench{uuid.uuid4().hex[:8]}", n_buckets=args.n_buckets)
     rng = np.random.default_rng(0)
@@ -86,6 +124,8 @@ async def main(args: argparse.Namespace) -> None:
     model = TwinCTR(cfg).eval().to(device)
     D = model.proj_dim
     print(f"redis: {h.url}   cluster: {h.is_cluster}   device: {device}   torch threads: {torch.get_num_threads()}")
+    print(f"malloc: keep_freed_memory({keep_mb} MB) {'applied' if kept else 'NOT applied (not glibc?)'}, "
+          f"as the service does at startup")
     print(f"model: TwinCTR (synthetic schema, A={cfg.n_heads}, d_k={cfg.d_k}, d_v={cfg.d_v}) -> D={D} float16 "
           f"= {2 * D} B/item; catalog {n_items:,} items; n_buckets {keys.n_buckets}")
     try:
@@ -110,7 +150,9 @@ async def main(args: argparse.Namespace) -> None:
         queries = [rng.choice(n_items, n_q, replace=False).astype(np.int64) for _ in range(reps)]
         it = iter(queries)
         await h.client.config_resetstat()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         cold = await timed(lambda: lc.gather(next(it)), reps, setup=lc.clear)
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / reps
         server_us = await hmget_server_us(h)
         assert lc.stats()["defaulted"] == 0
         q = queries[-1]
@@ -119,11 +161,17 @@ async def main(args: argparse.Namespace) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         print(f"cold fill 10,000      {pct(cold)}   (Redis -> device slab, empty cache)")
+        print(f"  minor page faults   {faults:,.0f} per fill (mean, with clear())")
         if server_us is not None:
             print(f"  of which Redis server time {server_us / reps / 1e3:.3f} ms per fill (mean, INFO commandstats)")
         print(f"warm gather 10,000    {pct(warm)}   (all hits)")
-        store_get = await timed(lambda: ps.get(next(iter([rng.choice(n_items, n_q, replace=False)]))), reps)
+        reads = iter([rng.choice(n_items, n_q, replace=False) for _ in range(reps)])
+        store_get = await timed(lambda: ps.get(next(reads)), reps)
         print(f"  of which Redis read {pct(store_get)}   (ProjectionStore.get alone)")
+        floor = await redis_floor(args.redis_url, keys.proj_buckets(version), 2 * D,
+                                  [rng.choice(n_items, n_q, replace=False) for _ in range(reps)])
+        if floor is not None:
+            print(f"  Redis floor         {pct(floor)}   (same HMGETs pre-packed, replies not parsed)")
 
         # ---- behaviors -----------------------------------------------------------------------
         bs = BehaviorStore(h.client, keys, n_cross=N_CROSS, cap=100_000)

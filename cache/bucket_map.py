@@ -2,8 +2,9 @@
 
 The shared engine of CatalogStore and ProjectionStore. A read of N ids is one pipelined round
 trip of one HMGET per touched bucket (fields = decimal ids); a write is one HSET per bucket.
-Grouping by bucket is a numpy argsort, and values travel as one contiguous buffer, so the
-per-id Python work is limited to building the argument lists redis needs.
+Grouping by bucket is a numpy argsort, and values travel as one contiguous buffer. On a single
+node the HMGETs are packed with numpy and sent and read by `cache.hiredis_packing.execute_packed`
+(no redis-py pipeline); a cluster reads through redis-py's pipeline, which routes by slot.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cache.hiredis_packing import execute_packed, pack_id_commands, packed_client
 from cache.layout import check_ids, group_by_bucket
 
 log = logging.getLogger(__name__)
@@ -40,21 +42,36 @@ class BucketHashMap:
         if n == 0:
             return np.zeros((0, w), np.uint8), np.zeros(0, bool)
         order, groups = group_by_bucket(ids, self.n_buckets)
-        sorted_ids = ids[order].tolist()
-        pipe = self.client.pipeline(transaction=False)
-        for b, s, e in groups:
-            pipe.execute_command("HMGET", self.keys[b], *sorted_ids[s:e])
-        flat: list[bytes | None] = list(chain.from_iterable(await pipe.execute()))
+        sorted_ids = ids[order]  # [N] bucket-sorted: replies come back in this order
+        if packed_client(self.client):  # single node: one write, the replies drained in one loop
+            cmds = pack_id_commands(b"HMGET", [(self.keys[b], s, e) for b, s, e in groups], sorted_ids)
+            replies = await execute_packed(self.client, cmds)
+        else:  # cluster (routes per slot) or any other client: a redis-py pipeline
+            pipe = self.client.pipeline(transaction=False)
+            fields = sorted_ids.tolist()
+            for b, s, e in groups:
+                pipe.execute_command("HMGET", self.keys[b], *fields[s:e])
+            replies = await pipe.execute()
+        return self._from_replies(replies, sorted_ids, order)
+
+    def _from_replies(self, replies: list[list[bytes | None]], sorted_ids: np.ndarray,
+                      order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """HMGET replies in bucket order -> (values uint8 [N, width], found bool [N]) in request
+        order (value j goes to row order[j]); nil -> zero bytes, found False."""
+        n, w = sorted_ids.size, self.width
         found_sorted = np.ones(n, bool)
-        if None in flat:
+        try:
+            buf = b"".join(chain.from_iterable(replies))  # the common case: every id found
+        except TypeError:  # some replies are nil
+            flat: list[bytes | None] = list(chain.from_iterable(replies))
             found_sorted = np.fromiter((v is not None for v in flat), bool, n)
             zero = bytes(w)
-            flat = [zero if v is None else v for v in flat]
-        buf = b"".join(flat)  # type: ignore[arg-type]
+            buf = b"".join(zero if v is None else v for v in flat)
         if len(buf) != n * w:
-            bad = next(i for i, v in enumerate(flat) if len(v) != w)  # type: ignore[arg-type]
-            raise ValueError(f"item {sorted_ids[bad]} in {self.keys[int(ids[order[bad]]) % self.n_buckets]!r} "
-                             f"holds {len(flat[bad])} bytes, expected {w}")  # type: ignore[arg-type]
+            lens = np.fromiter((len(v or b"") for v in chain.from_iterable(replies)), np.int64, n)
+            bad = int(np.flatnonzero(found_sorted & (lens != w))[0])
+            raise ValueError(f"item {sorted_ids[bad]} in {self.keys[int(sorted_ids[bad]) % self.n_buckets]!r} "
+                             f"holds {lens[bad]} bytes, expected {w}")
         vals = np.empty((n, w), np.uint8)
         vals[order] = np.frombuffer(buf, np.uint8).reshape(n, w)
         found = np.empty(n, bool)

@@ -72,20 +72,19 @@ class IdIndex:
         pending = np.arange(keys.size)
         while pending.size:
             p = pos[pending]
-            free = self._keys[p] < 0  # EMPTY or DELETED
-            # Several pending keys may want the same free position: the first one wins.
+            free = np.flatnonzero(self._keys[p] < 0)  # EMPTY or DELETED
             cand, cp = pending[free], p[free]
-            uniq, first = np.unique(cp, return_index=True)
-            winners = cand[first]
-            self._deleted -= int(np.count_nonzero(self._keys[uniq] == DELETED))
-            self._keys[uniq] = keys[winners]
-            self._vals[uniq] = vals[winners]
-            taken = np.zeros(keys.size, bool)
-            taken[winners] = True
-            # Losers of a collision retry the same position (now occupied -> they move on).
-            move = ~free
-            pos[pending[move]] = (p[move] + 1) & self._mask
-            pending = pending[~taken[pending]]
+            was_deleted = self._keys[cp] == DELETED
+            # Several pending keys may want the same free position: one of them lands there (the
+            # keys are distinct, so reading the position back tells exactly which).
+            self._keys[cp] = keys[cand]
+            won = self._keys[cp] == keys[cand]
+            self._vals[cp[won]] = vals[cand[won]]
+            self._deleted -= int(np.count_nonzero(was_deleted[won]))
+            stay = np.ones(pending.size, bool)
+            stay[free[won]] = False
+            pending = pending[stay]  # the rest meet an occupied position: probe the next one
+            pos[pending] = (pos[pending] + 1) & self._mask
         self.size += keys.size
 
     def delete(self, keys: np.ndarray) -> None:
@@ -95,6 +94,11 @@ class IdIndex:
         self._keys[pos] = DELETED
         self.size -= pos.size
         self._deleted += pos.size
+
+    def clear(self) -> None:
+        """Remove every key, leaving no DELETED marks behind (lookups stay one probe long)."""
+        self._keys.fill(EMPTY)
+        self.size, self._deleted = 0, 0
 
     def _rebuild(self) -> None:
         live = self._keys >= 0

@@ -66,6 +66,27 @@ def test_id_index_matches_a_dict_under_random_churn():
         idx.insert(np.arange(10**15, 10**15 + 5001), np.zeros(5001, np.int32))
 
 
+def test_id_index_keys_racing_for_one_position_all_land():
+    """Many keys with the same home position in one insert: one wins each free position per
+    probe step, the rest move on; every key must be found afterwards, and deleted positions reused."""
+    idx = IdIndex(64)
+    cand = np.arange(0, 200_000, dtype=np.int64)
+    home = idx._home(cand)
+    same = cand[home == home[0]][:20]  # 20 keys, one home position
+    assert same.size == 20
+    idx.insert(same, np.arange(20, dtype=np.int32))
+    np.testing.assert_array_equal(idx.lookup(same), np.arange(20))
+    idx.delete(same[::2])
+    np.testing.assert_array_equal(idx.lookup(same), np.where(np.arange(20) % 2, np.arange(20), -1))
+    idx.insert(same[::2], np.arange(100, 110, dtype=np.int32))  # into the DELETED positions
+    np.testing.assert_array_equal(idx.lookup(same[::2]), np.arange(100, 110))
+    assert idx.size == 20 and idx._deleted == 0
+    idx.clear()
+    assert idx.size == 0 and (idx.lookup(same) == -1).all()
+    idx.insert(same, np.arange(20, dtype=np.int32))
+    np.testing.assert_array_equal(idx.lookup(same), np.arange(20))
+
+
 async def test_miss_then_hit_returns_redis_values_on_the_device(stores, device):
     ps, cat = stores
     lc = LocalProjectionCache(64, D, device, ps, cat, compute_from_raw)
@@ -135,6 +156,30 @@ async def test_a_full_cache_evicts_a_bulk_of_capacity_times_fraction(stores, dev
     assert lc.stats()["size"] == 32 and lc.stats()["evictions"] == 0
     await lc.gather(np.array([50], np.int64))  # needs one slot, frees 8
     assert lc.stats()["evictions"] == 8 and lc.stats()["size"] == 32 - 8 + 1
+
+
+async def test_a_cold_result_is_not_changed_by_later_evictions(stores, device):
+    """An all-miss gather answers with the fetched rows themselves (no copy); the slab gets its own
+    copy, so evicting and refilling those slots must leave the earlier answer intact."""
+    ps, cat = stores
+    lc = LocalProjectionCache(8, D, device, ps, cat, None, evict_fraction=1)
+    first = await lc.gather(np.arange(8, dtype=np.int64))
+    await lc.gather(np.arange(8, 16, dtype=np.int64))  # evicts all 8 and refills their slots
+    assert lc.stats()["evictions"] == 8
+    np.testing.assert_array_equal(first.vecs.cpu().numpy(), vec_of(np.arange(8)))
+
+
+async def test_clear_empties_the_cache_and_every_slot_is_usable_again(stores, device):
+    ps, cat = stores
+    lc = LocalProjectionCache(16, D, device, ps, cat, None)
+    await lc.gather(np.arange(10, dtype=np.int64))
+    lc.clear()
+    assert lc.stats()["size"] == 0
+    r = await lc.gather(np.arange(4, 20, dtype=np.int64))  # all 16 slots, none evicted
+    assert (r.hits, r.misses) == (0, 16) and lc.stats()["size"] == 16 and lc.stats()["evictions"] == 0
+    r = await lc.gather(np.arange(4, 20, dtype=np.int64))
+    assert r.hits == 16
+    np.testing.assert_array_equal(r.vecs.cpu().numpy(), vec_of(np.arange(4, 20)))
 
 
 async def test_more_ids_than_capacity_in_one_gather_still_answers_all(stores, device):

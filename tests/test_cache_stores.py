@@ -27,7 +27,7 @@ async def test_catalog_round_trip_in_request_order_with_misses(redis_handle, key
 
 
 async def test_projection_get_is_one_round_trip_and_exact(redis_handle, keys, counting_client):
-    counting = counting_client(redis_handle.client)
+    counting = counting_client(redis_handle.client)  # a wrapper: reads through a redis-py pipeline
     ps = ProjectionStore(counting, keys, "v1", D)
     ids = np.random.default_rng(1).choice(10**9, 2000, replace=False).astype(np.int64)
     vecs = rand_vecs(2000, 0)
@@ -36,6 +36,45 @@ async def test_projection_get_is_one_round_trip_and_exact(redis_handle, keys, co
     got, found = await ps.get(ids[::-1])
     assert counting.trips == 1 and found.all()
     assert got.dtype == np.float16 and got.tobytes() == vecs[::-1].tobytes()
+
+
+async def test_single_node_get_is_one_write_and_matches_the_pipeline(redis_handle, keys, counting_client, monkeypatch):
+    """The plain client reads through execute_packed (pre-packed HMGETs, values taken from the
+    socket's bytes); found, missing and repeated ids come back exactly as through a pipeline."""
+    ps = ProjectionStore(redis_handle.client, keys, "v1", D)
+    via_pipeline = ProjectionStore(counting_client(redis_handle.client), keys, "v1", D)
+    ids = np.random.default_rng(2).choice(10**9, 3000, replace=False).astype(np.int64)
+    await ps.put(ids, rand_vecs(3000, 3))
+    conn_class = redis_handle.client.connection_pool.connection_class
+    writes = []
+    orig = conn_class.send_packed_command
+
+    async def counted(self, command, *a, **kw):
+        writes.append(command)
+        return await orig(self, command, *a, **kw)
+
+    monkeypatch.setattr(conn_class, "send_packed_command", counted)
+    for q in (ids[::-1], np.concatenate([ids[:50], [7, 2**62], ids[:50]])):  # all found; misses + repeats
+        writes.clear()
+        got, found = await ps.get(q)
+        assert len(writes) == 1 and len(writes[0]) == np.unique(q % keys.n_buckets).size  # an HMGET per bucket
+        want, want_found = await via_pipeline.get(q)
+        assert got.tobytes() == want.tobytes() and found.tolist() == want_found.tolist()
+    assert found.sum() == 100
+
+
+async def test_ids_near_int64_max_are_exact_fields(redis_handle, keys):
+    """Ids up to 2^63-1 travel as exact decimal fields: 2^63-1 and 2^63-17 share a bucket (mod 16)
+    and the same float64, so any float step on the way would mix up the stored and missing one."""
+    ps = ProjectionStore(redis_handle.client, keys, "v1", D)
+    top, other = 2**63 - 1, 2**63 - 17
+    assert float(top) == float(other) and top % keys.n_buckets == other % keys.n_buckets
+    vecs = rand_vecs(2, 4)
+    await ps.put(np.array([top, 0], np.int64), vecs)
+    got, found = await ps.get(np.array([other, top, 0], np.int64))
+    assert found.tolist() == [False, True, True]
+    assert not got[0].any() and got[1:].tobytes() == vecs.tobytes()
+    assert await redis_handle.client.hexists(keys.proj_bucket("v1", top % keys.n_buckets), b"9223372036854775807")
 
 
 async def test_two_versions_side_by_side_never_mix(redis_handle, keys):
