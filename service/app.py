@@ -3,6 +3,8 @@ registry, the inference thread, the batcher and the health probes, prepares the 
 closes all of it on shutdown (in reverse order)."""
 from __future__ import annotations
 
+import gc
+
 import asyncio
 import logging
 from collections.abc import AsyncIterator
@@ -51,6 +53,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The ~10^5 objects of the imported libraries live as long as the process: out of the
+        # collector's sight, a full collection scans only what serving allocates (full collections
+        # took 25-110 ms each in this process while it started).
+        gc.collect()
+        gc.freeze()
         ctx = await build_context(settings, metrics)
         app.state.ctx = ctx
         ctx.engine.start()
