@@ -60,6 +60,7 @@ PROFILE ?= W1
 RUN_TIME ?= 60s
 USERS ?= 4
 BUDGET_MS ?= 30
+THINK_MS ?= 0
 LOADTEST_OUT ?= reports/loadtest
 REPLICAS ?= 1
 # smoke (CI): demo world (L <= 1,000), 2 users, 20 s; budget = ~3x the p99 measured on a busy
@@ -70,7 +71,8 @@ WORLD ?=
 
 loadtest: $(STAMP)
 	bash scripts/run_stack.sh --world $(PROFILE) --replicas $(REPLICAS) --loadtest $(STACK_ARGS) -- \
-	  --profile $(PROFILE) --run-time $(RUN_TIME) --users $(USERS) --budget-ms $(BUDGET_MS) --out $(LOADTEST_OUT)
+	  --profile $(PROFILE) --run-time $(RUN_TIME) --users $(USERS) --think-ms $(THINK_MS) --budget-ms $(BUDGET_MS) \
+  --out $(LOADTEST_OUT)
 
 loadtest-smoke: $(STAMP)
 	bash scripts/run_stack.sh --replicas 1 --smoke $(STACK_ARGS) -- \

@@ -60,3 +60,21 @@ def test_row_parallel_topk_equals_serial(threads):
 def test_cpu_threads_must_be_positive():
     with pytest.raises(ValueError, match=">= 1"):
         set_cpu_threads(0)
+
+
+def test_rows_with_many_groups_tied_at_the_threshold_keep_the_earliest_ties():
+    # A user who repeated one item: hundreds of equal alphas around the cut, in far-apart positions.
+    # Rows alternate between that (the tied-groups path) and plain noise (the usual path).
+    g = torch.Generator().manual_seed(21)
+    R, L, kk = 16, 10_000, 100
+    x = torch.randn(R, L, generator=g)
+    for r in range(0, R, 2):
+        x[r] = torch.randn(L, generator=g) - 10.0
+        tied = torch.randperm(L, generator=g)[:700]
+        x[r, tied] = 1.5  # 700 ties, most outside any group that holds a larger value
+        x[r, torch.randperm(L, generator=g)[:30]] = 2.0 + torch.rand(30, generator=g)  # 30 above the ties
+    v_cpu, i_cpu = _topk_cpu(x, kk)
+    v_ref, i_ref = _topk_torch(x, kk)
+    assert torch.equal(i_cpu, i_ref) and torch.equal(v_cpu, v_ref)
+    tied_kept = i_cpu[0][v_cpu[0] == 1.5]
+    assert tied_kept.numel() == 70 and torch.equal(tied_kept, tied_kept.sort().values)  # earliest first

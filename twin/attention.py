@@ -86,16 +86,19 @@ _PAD_KEY = np.iinfo(np.int64).min  # below every real key
 
 
 def _candidate_keys(x: np.ndarray, n: int) -> np.ndarray:
-    """Order keys [R, W] of a candidate set holding every entry >= the n-th largest of its row,
-    x [R, L] float32 (CPU); padding slots hold _PAD_KEY.
+    """Order keys [R, W] of a candidate set holding every entry of the n largest of its row (ties
+    resolved as the keys order them), x [R, L] float32 (CPU); padding slots hold _PAD_KEY.
 
     Two levels, so the selection runs on ~2*sqrt(L*n) entries instead of L: the row is cut into
     G groups of s strided members (group g = columns g, g+G, ...: the maxima are elementwise maxima of
     s contiguous slices, one vectorised pass); t = the n-th largest group maximum (a value-only
     partition, ~5x cheaper than an argpartition); the groups whose maximum is >= t are kept and their
     members are the candidates. Complete: n group maxima are >= t, so the n-th largest entry v is >= t,
-    and every entry >= v lies in a group whose maximum is >= t. Groups tied at t are all kept, so tied
-    values are never cut arbitrarily (the keys order ties by position).
+    and every entry >= v lies in a group whose maximum is >= t.
+    Rows where many groups tie at t (a user who repeated one item: equal alphas) would swamp the
+    selection with those groups' members, so there only the groups above t give all their members,
+    and the entries equal to t are the n of them with the smallest positions (ties rank by position),
+    found by scanning the column blocks in order (_tied_keys).
     Example: L = 10,000, n = 100 -> s = 10, G = 1,000: a partition of 1,000 maxima, then ~1,000 members.
     """
     R, L = x.shape
@@ -106,24 +109,72 @@ def _candidate_keys(x: np.ndarray, n: int) -> np.ndarray:
     body = torch.from_numpy(x)[:, :s * G].view(R, s, G)  # [R, s, G]
     gmax = body.amax(1).numpy()  # [R, G]
     t = np.partition(gmax, G - n, axis=-1)[:, G - n:G - n + 1]  # [R, 1] n-th largest maximum
-    rows, kept = np.nonzero(gmax >= t)  # row-major: each row's kept groups
-    count = np.bincount(rows, minlength=R)  # [R] >= n
-    w = int(count.max())
-    pad = None
-    if (count == w).all():  # the usual case: no ties at t, exactly n per row
-        groups = kept.reshape(R, w)
-    else:  # ragged: left-align each row's groups, pad with group 0 and mask those keys out below
-        groups = np.zeros((R, w), np.int64)
-        groups[rows, np.arange(rows.size) - (np.cumsum(count) - count)[rows]] = kept
-        pad = np.arange(w)[None, :] >= count[:, None]  # [R, w]
-    g = torch.from_numpy(groups)[:, None, :].expand(R, s, w)
-    vals = body.gather(-1, g).numpy()  # [R, s, w] members of the kept groups
-    key = _order_key(vals, groups[:, None, :] + G * np.arange(s)[:, None])  # [R, s, w]
-    if pad is not None:
-        key[np.broadcast_to(pad[:, None, :], key.shape)] = _PAD_KEY
-    key = key.reshape(R, s * w)
+    kept = gmax >= t  # [R, G]
+    heavy = kept.sum(1) > 2 * n  # [R] rows with many groups tied at t
+    if not heavy.any():
+        key = _member_keys(x, np.arange(R), kept, s, G)
+    else:
+        light, hv = np.flatnonzero(~heavy), np.flatnonzero(heavy)
+        above = gmax[hv] > t[hv]  # [h, G] fewer than n groups per row
+        parts = [(light, _member_keys(x, light, kept[light], s, G)),
+                 (hv, np.concatenate([_member_keys(x, hv, above, s, G),
+                                      _tied_keys(x, hv, t[hv], above, s, G, n)], axis=1))]
+        key = np.full((R, max(k.shape[1] for _, k in parts)), _PAD_KEY)  # [R, W]
+        for rows, k in parts:
+            key[rows, :k.shape[1]] = k
     if s * G < L:  # the tail columns belong to no group: always candidates
         key = np.concatenate([key, _order_key(x[:, s * G:], np.arange(s * G, L))], axis=1)
+    return key
+
+
+def _member_keys(x: np.ndarray, rows: np.ndarray, groups_mask: np.ndarray, s: int, G: int) -> np.ndarray:
+    """Keys of every member of the masked groups: x [R, L], rows int [r] (rows of x), groups_mask
+    bool [r, G] -> keys [r, s*w], w = the most groups in a row; rows with fewer are padded."""
+    r = rows.size
+    rr, kept = np.nonzero(groups_mask)  # row-major: each row's groups, ascending
+    count = np.bincount(rr, minlength=r)  # [r]
+    w = int(count.max()) if r else 0
+    pad = None
+    if (count == w).all():  # the usual case: the same number in every row (no ties at t)
+        groups = kept.reshape(r, w)
+    else:  # ragged: left-align each row's groups, pad with group 0 and mask those keys out below
+        groups = np.zeros((r, w), np.int64)
+        groups[rr, np.arange(rr.size) - (np.cumsum(count) - count)[rr]] = kept
+        pad = np.arange(w)[None, :] >= count[:, None]  # [r, w]
+    pos = groups[:, None, :] + G * np.arange(s)[:, None]  # [r, s, w] positions of the members
+    flat = torch.from_numpy((rows[:, None, None] * x.shape[1] + pos).reshape(-1))
+    vals = torch.from_numpy(x).view(-1).index_select(0, flat).numpy().reshape(r, s, w)
+    key = _order_key(vals, pos)  # [r, s, w]
+    if pad is not None:
+        key[np.broadcast_to(pad[:, None, :], key.shape)] = _PAD_KEY
+    return key.reshape(r, s * w)
+
+
+def _tied_keys(x: np.ndarray, rows: np.ndarray, t: np.ndarray, above: np.ndarray, s: int, G: int,
+               n: int) -> np.ndarray:
+    """Keys of the n entries equal to t with the smallest positions, outside the `above` groups
+    (whose members are candidates already): x [R, L], rows int [h], t [h, 1], above bool [h, G]
+    -> keys [h, n] (padded where a row has fewer). Scans column blocks j*G..(j+1)*G in order (a
+    block holds member j of every group, positions ascending) and stops once every row has n."""
+    h = rows.size
+    found_r, found_p = [], []
+    have = np.zeros(h, np.int64)
+    for j in range(s):
+        need = np.flatnonzero(have < n)  # [m]
+        if need.size == 0:
+            break
+        eq = (x[rows[need], j * G:(j + 1) * G] == t[need]) & ~above[need]  # [m, G]
+        rr, gg = np.nonzero(eq)
+        found_r.append(need[rr])
+        found_p.append(j * G + gg)
+        have += np.bincount(need[rr], minlength=h)
+    fr, fp = np.concatenate(found_r), np.concatenate(found_p)
+    order = np.argsort(fr, kind="stable")  # by row; blocks and columns were visited in position order
+    fr, fp = fr[order], fp[order]
+    rank = np.arange(fr.size) - (np.cumsum(have) - have)[fr]  # position rank within the row
+    keep = rank < n
+    key = np.full((h, n), _PAD_KEY)
+    key[fr[keep], rank[keep]] = _order_key(np.broadcast_to(t, (h, 1))[fr[keep], 0], fp[keep])
     return key
 
 
