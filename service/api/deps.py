@@ -1,4 +1,7 @@
-"""Dependencies as Annotated aliases (full-stack-fastapi-template style)."""
+"""Dependencies as Annotated aliases (full-stack-fastapi-template style).
+
+All `async def`: FastAPI runs a plain `def` dependency in its thread pool, two thread hops per
+score request (and GIL hand-offs with the inference thread) for work that never blocks."""
 from __future__ import annotations
 
 import secrets
@@ -10,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.context import ServiceContext
 
 
-def get_ctx(request: Request) -> ServiceContext:
+async def get_ctx(request: Request) -> ServiceContext:
     return request.app.state.ctx
 
 
@@ -19,7 +22,7 @@ CtxDep = Annotated[ServiceContext, Depends(get_ctx)]
 _bearer = HTTPBearer(auto_error=False, description="Admin token (TWIN_ADMIN_TOKEN).")
 
 
-def require_admin(ctx: CtxDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+async def require_admin(ctx: CtxDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """401 without a Bearer token, 403 with a wrong one (or when no admin token is configured)."""
     if creds is None:
         raise HTTPException(401, "admin endpoint: send 'Authorization: Bearer <token>'",
@@ -32,7 +35,7 @@ def require_admin(ctx: CtxDep, creds: Annotated[HTTPAuthorizationCredentials | N
 AdminDep = Annotated[None, Depends(require_admin)]
 
 
-def deadline_ms(
+async def deadline_ms(
     ctx: CtxDep,
     x_deadline_ms: Annotated[float | None, Header(gt=0, le=600_000, allow_inf_nan=False,
                                                   description="Per-request deadline override (ms).")] = None,
