@@ -201,7 +201,7 @@ async def wait_ready(port: int, timeout: float = 300.0) -> None:
     while time.time() < deadline:
         try:
             r, w = await asyncio.open_connection("127.0.0.1", port)
-            w.write(f"GET /health/ready HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            w.write("GET /health/ready HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             status, _ = await call(r, w, b"")
             w.close()
             if status == 200:

@@ -4,8 +4,6 @@ closes all of it on shutdown (in reverse order)."""
 from __future__ import annotations
 
 import gc
-
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager

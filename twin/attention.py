@@ -192,7 +192,8 @@ def _topk_cpu(x: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _topk_cpu_rows(x: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """_topk_by_value_then_position for float32 on the CPU: the unique (value, position) keys of
     ~1,000 candidates per row, numpy's introselect on them, a sort of the kk survivors; the values
-    come back out of the keys. 3-5x faster than torch.topk and its stable sorts at W1."""
+    come back out of the keys. At W1 on 1 thread: ~9 ms, against ~85 ms for _topk_torch (torch.topk
+    plus its stable sorts) and ~20 ms for a bare torch.topk, which does not order ties."""
     key = _candidate_keys(x.detach().contiguous().numpy(), kk)  # [R, W], W >= kk
     W = key.shape[1]
     top = np.partition(key, W - kk, axis=-1)[:, W - kk:] if W > kk else key  # [R, kk]

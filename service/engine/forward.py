@@ -74,9 +74,10 @@ def collate(slot: ModelSlot, items: list[ScoreInputs]) -> ServeBatch:
 def alpha_scratch(slot: ModelSlot, batch: ServeBatch) -> torch.Tensor | None:
     """CPU: the calling thread's reusable buffer for alpha [B, A, Cb, Lb] (16 MB per W1 request), grown
     on demand; one per thread because a batch's requests may run on several (run_batch). Without it
-    glibc maps fresh pages for an allocation that size on every batch: ~4,300 page faults per W1
-    request (10 ms of CPU), above the mmap threshold even with service.malloc_tuning. Accelerators:
-    None (their caching allocators reuse memory already)."""
+    glibc maps fresh pages for an allocation that size on every batch (~4,300 page faults per W1
+    request, 10 ms of CPU) unless service.malloc_tuning keeps freed memory, and even then for a batch
+    whose alpha passes its 32 MB mmap threshold. Accelerators: None (their caching allocators reuse
+    memory already)."""
     if slot.device.type != "cpu":
         return None
     B, Lb = batch.seq_mask.shape
@@ -101,8 +102,8 @@ def run_batch(slot: ModelSlot, items: list[ScoreInputs], branches: Executor | No
     CPU with `branches` (an executor of n_branches - 1 threads) and several requests: the batch is cut
     into up to n_branches contiguous groups that run side by side, this thread taking the first. On a
     CPU a batch of B costs B times one request, so this, not padding requests together, is what turns
-    concurrency into throughput; each group's own GEMM and top-k stay serial (its thread is already one of the
-    parallel ones). Scores do not depend on the split: requests never interact in the model."""
+    concurrency into throughput; each group's own GEMM and top-k stay serial (its thread is already
+    one of the parallel ones). Scores do not depend on the split: requests never interact in the model."""
     n = min(n_branches, len(items)) if branches is not None and slot.device.type == "cpu" else 1
     size = (len(items), sum(it.n_cand for it in items))  # the batch's, for the batch metrics
     if n < 2:
