@@ -18,7 +18,7 @@ from service.context import ServiceContext
 from service.engine.engine import Engine
 from service.engine.fetch import Fetcher
 from service.engine.worker import InferenceWorker, resolve_device
-from service.errors import install_error_handlers
+from service.errors import BugBarrier, install_error_handlers
 from service.health import HealthMonitor
 from service.lifecycle import ModelManager
 from service.metrics import Metrics
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app, settings.retry_after_s)
+    app.add_middleware(BugBarrier)  # inside the metrics middleware, so the 500s it answers are counted
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.include_router(api_router)
     app.openapi = lambda: custom_openapi(app, settings)  # type: ignore[method-assign]

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,14 @@ def field_error(loc: tuple[Any, ...], msg: str, value: Any, kind: str = "value_e
 
 
 def _json_safe(value: Any) -> Any:
-    """Echoed inputs may hold NaN/Infinity (Python's json accepts them); JSON output cannot."""
+    """Echoed inputs may hold NaN/Infinity or lone surrogates (Python's json accepts both); JSON output
+    in UTF-8 can hold neither: they are echoed as text (`'nan'`, a literal `\\ud800`)."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
@@ -80,3 +84,33 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         if exc.status_code >= 500:
             log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.detail)
         return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status_code=exc.status_code, headers=headers)
+
+
+class BugBarrier:
+    """ASGI middleware: an exception no handler claimed is a bug of ours. Log it with its traceback and
+    answer a JSON 500, and do not re-raise: Starlette's outer error middleware re-raises, and uvicorn
+    then closes the connection, which resets the client's next request on it. Readiness, the breaker
+    and every other request are untouched."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception:
+            log.exception("bug: %s %s raised", scope.get("method"), scope.get("path"))
+            if started:  # half an answer is out: the connection cannot carry another one
+                raise
+            await JSONResponse({"detail": "internal error (logged)", "reason": "internal_error"},
+                               status_code=500)(scope, receive, send)

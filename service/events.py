@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 
+from cache.errors import is_outage, is_refusal
 from service.api.schemas import EventsRequest, EventsResponse
 from service.context import ServiceContext
 from service.errors import NotReady, field_error
@@ -35,10 +36,23 @@ async def append_events(ctx: ServiceContext, body: EventsRequest) -> EventsRespo
                                   f"unknown cross feature {name!r} for model {slot.version}; known: {names}", name)
             cross[j] = value
         events.append(Event(event_id=e.event_id, user_id=e.user_id, item_id=e.item_id, ts=e.ts, cross=cross))
-    try:  # acknowledge only what Redis confirmed; a replay after a timeout is deduplicated by event_id
+    # Acknowledge only what Redis confirmed. Every value was validated above and by the request schema,
+    # so a failure here is the store's (an outage trips the breaker, a refusal does not) or a bug (500).
+    try:
         new = await asyncio.wait_for(slot.behaviors.append(events), ctx.settings.events_timeout_ms / 1e3)
-    except Exception as e:  # noqa: BLE001 - any failure: nothing is acknowledged
-        log.warning("storing %d events failed: %r", len(events), e)
-        ctx.health.note_redis_failure()
-        raise NotReady("events not stored: the behavior store is unreachable; retry", reason="redis_unavailable") from e
+    except TimeoutError as e:  # our budget ran out; the script may still have run. The probe judges Redis.
+        log.warning("storing %d events timed out after %d ms", len(events), ctx.settings.events_timeout_ms)
+        raise NotReady("events not acknowledged: the behavior store did not answer in time, they may or may not "
+                       "be stored; retrying is safe (deduplicated by event_id)", reason="redis_timeout") from e
+    except Exception as e:
+        if is_outage(e):
+            log.warning("storing %d events failed, store unreachable: %r", len(events), e)
+            ctx.health.note_redis_failure()
+            raise NotReady("events not stored: the behavior store is unreachable; retry",
+                           reason="redis_unavailable") from e
+        if is_refusal(e):
+            log.warning("the behavior store refused %d events: %r", len(events), e)
+            raise NotReady(f"events not stored: the behavior store refused the write ({e}); retry later",
+                           reason="redis_refused") from e
+        raise
     return EventsResponse(accepted=len(events), new=int(new))

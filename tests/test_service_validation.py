@@ -73,6 +73,10 @@ RAW_CASES = [
     (b'{"events": [{"event_id": "a", "user_id": 1, "item_id": 2, "ts": 5, "cross": {"liked": Infinity}}]}',
      "/v1/events", ["body", "events", 0, "cross", "liked"]),
     (b'[1, 2, 3]', "/v1/score", ["body"]),
+    # a lone surrogate is valid JSON but not UTF-8: refused naming the field (pydantic's loc goes on with
+    # the key, replaced, and "[key]"), and rendered without a 500
+    (b'{"user_id": 1, "candidates": [{"item_id": 1, "features": {"\\ud800": 3}}]}', "/v1/score",
+     ["body", "candidates", 0, "features"]),
 ]
 
 
@@ -81,7 +85,7 @@ async def test_malformed_json_and_non_finite_numbers_are_422(world: World, raw, 
     async with running(world.settings) as (_, client):
         r = await client.post(path, content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 422, r.text
-    assert loc in [d["loc"] for d in r.json()["detail"]], r.json()
+    assert loc in [d["loc"][:len(loc)] for d in r.json()["detail"]], r.json()
 
 
 async def test_pathological_bodies_are_4xx_not_500(world: World):

@@ -3,14 +3,18 @@ these; per-deployment limits (candidates / events per request) are settings, che
 and written into the document by `service.app.custom_openapi`.
 
 Ids and times are strict integers in [0, 2^63): 1.5, "7", true or 2**63 are refused with a 422 that
-names the field. Floats must be finite (NaN / Infinity are refused).
+names the field. Floats must be finite (NaN / Infinity are refused). Everything the behavior store would
+refuse (an event id over its byte limit, a cross value that overflows float32) is refused here, as a
+422, before anything is written: a bad value must never look like a store outage.
 """
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+
+from cache.behavior_store import MAX_EVENT_ID_BYTES  # the store's own limit, checked here before any write
 
 MAX_ID = 2**63 - 1
 Id = Annotated[StrictInt, Field(ge=0, le=MAX_ID, description="Integer id in [0, 2^63).")]
@@ -24,7 +28,28 @@ def _number_only(v: Any) -> Any:
     return v
 
 
-CrossValue = Annotated[float, BeforeValidator(_number_only), Field(allow_inf_nan=False, description="Finite number.")]
+FLOAT32_MAX = 3.4028234663852886e38  # cross values are stored as float32: a larger one would become inf
+
+
+CrossValue = Annotated[float, BeforeValidator(_number_only),
+                       Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX,
+                             description="Finite number that fits a float32.")]
+
+
+def _event_id_bytes(v: str) -> str:
+    try:
+        n = len(v.encode("utf-8"))
+    except UnicodeEncodeError:  # JSON admits lone surrogates ("\ud800"); UTF-8 and Redis do not
+        raise ValueError("String should be valid Unicode (no lone surrogates)") from None
+    if n > MAX_EVENT_ID_BYTES:
+        raise ValueError(f"String should have at most {MAX_EVENT_ID_BYTES} bytes in UTF-8")
+    return v
+
+
+EventId = Annotated[str, AfterValidator(_event_id_bytes),
+                    Field(min_length=1, max_length=MAX_EVENT_ID_BYTES,
+                          description=f"Idempotency key, at most {MAX_EVENT_ID_BYTES} bytes in UTF-8: "
+                                      "a replay is stored once.")]
 FeatureName = Annotated[str, Field(min_length=1, max_length=64)]
 
 
@@ -85,7 +110,7 @@ class ScoreResponse(BaseModel):
 
 
 class EventIn(_Strict):
-    event_id: str = Field(min_length=1, max_length=128, description="Idempotency key: a replay is stored once.")
+    event_id: EventId
     user_id: Id
     item_id: Id
     ts: TimeMs
