@@ -31,9 +31,9 @@ ADMIN = "s3cret-token"
 
 
 def item_rows(ids: np.ndarray) -> np.ndarray:
-    """Deterministic raw inherent features [N, 4]: item_id, author_id, category, duration_s."""
+    """Deterministic raw inherent features [N, 5]: item_id, author_id, category, duration_s, views."""
     ids = np.asarray(ids, np.int64)
-    return np.stack([ids, ids % N_AUTHORS, ids % N_CATEGORIES, (ids * 7) % 1800 + 1], axis=1)
+    return np.stack([ids, ids % N_AUTHORS, ids % N_CATEGORIES, (ids * 7) % 1800 + 1, (ids * 31) % 5000], axis=1)
 
 
 def history(uid: int, n: int) -> BehaviorBlock:
@@ -108,7 +108,7 @@ async def reference_scores(world: World, version: str, user_id: int, cand_ids: l
     proj, found = await ProjectionStore(client, keys, version, model.proj_dim).get(block.item_id)
     assert found.all()
     S = min(cfg.short_len, m)
-    recent, _ = await CatalogStore(client, keys, 4).get(block.item_id[:S])
+    recent, _ = await CatalogStore(client, keys, len(cfg.schema.inherent)).get(block.item_id[:S])
     batch = ServeBatch(
         seq_proj=torch.from_numpy(proj.astype(np.float32))[None], seq_cross=torch.from_numpy(block.cross)[None],
         seq_ts=torch.from_numpy(block.ts)[None], seq_mask=torch.ones(1, m, dtype=torch.bool),

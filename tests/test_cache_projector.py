@@ -123,7 +123,11 @@ async def test_incremental_run_updates_changed_new_and_removed_items(redis_handl
     assert res["items_written"] == 6 and res["items_missing"] == 2
     vecs, found = await ps.get(np.concatenate([changed, new_id, gone]))
     assert found.tolist() == [True] * 6 + [False] * 2
-    assert vecs[:5].tobytes() == expected(model, new_raw).tobytes()
+    # the new projections (to float16 rounding: a GEMM's rounding depends on its batch's rows, and the
+    # job batches them its own way; the full run's exact bytes are pinned above)
+    np.testing.assert_allclose(vecs[:5].astype(np.float32), expected(model, new_raw).astype(np.float32), rtol=2e-3,
+                               atol=1e-3)
+    assert not np.allclose(vecs[:5].astype(np.float32), expected(model, raw[:5]).astype(np.float32), atol=1e-2)
     marker = await ps.read_marker()
     count, checksum = await ps.stored_checksum()
     assert marker["count"] == count == N + 1 - 2

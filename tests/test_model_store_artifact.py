@@ -50,7 +50,7 @@ def test_round_trip_is_bit_exact(art: tuple[Path, nn.Module]) -> None:
     for name in want:
         assert got[name].dtype == want[name].dtype
         assert torch.equal(got[name], want[name]), name
-    items = torch.tensor([[5, 3, 2, 31], [299, 39, 11, 700]])  # [N, F_h] raw inherent values
+    items = torch.tensor([[5, 3, 2, 31, 40], [299, 39, 11, 700, 0]])  # [N, F_h] raw inherent values
     with torch.inference_mode():
         assert torch.equal(model.project_items(items), original.eval().project_items(items))
     assert manifest.metrics["per_split"] == {"val": {"n": 10}}
@@ -87,7 +87,7 @@ def test_edited_sha_is_refused(art: tuple[Path, nn.Module]) -> None:
 def test_config_changed_so_shapes_differ_is_refused(art: tuple[Path, nn.Module]) -> None:
     directory, model = art
     _edit_manifest(directory, config=small_config(d_k=4).to_dict())  # sha still matches the weights
-    with pytest.raises(ArtifactError, match=r"shape mismatch for tensor 'w_item.weight': artifact \[64, 48\], model \[48, 48\]"):
+    with pytest.raises(ArtifactError, match=r"shape mismatch for tensor 'w_item.weight': artifact \[64, 56\], model \[48, 56\]"):
         load_artifact(directory)
 
 

@@ -19,7 +19,7 @@ async def test_ready_means_warm_and_no_model_is_not_ready(world: World, tmp_path
         assert (await client.get("/health/live")).status_code == 200
         listing = (await client.get("/v1/models")).json()
         assert listing["active"] == listing["serving"] == world.registry.active()
-        assert listing["features"] == ["author_id", "category", "duration_s"]
+        assert listing["features"] == ["author_id", "category", "duration_s", "views"]
         assert listing["cross"] == ["play_ratio", "liked"]
     empty = world.settings.model_copy(update={"model_root": tmp_path / "empty"})
     async with running(empty) as (_, client):

@@ -114,10 +114,10 @@ async def test_candidate_features_override_and_unknown_items(world: World):
         known = await client.post("/v1/score", json=body(2, [10]))
         # the same features given explicitly: same score
         same = await client.post("/v1/score", json={"user_id": 2, "context": {"ts": NOW_MS}, "candidates": [
-            {"item_id": 10, "features": {"author_id": 10, "category": 10, "duration_s": 71}}]})
+            {"item_id": 10, "features": {"author_id": 10, "category": 10, "duration_s": 71, "views": 310}}]})
         # an item unknown to the catalog, with its features: scored
         new = await client.post("/v1/score", json={"user_id": 2, "candidates": [
-            {"item_id": 10_000, "features": {"author_id": 3, "category": 1, "duration_s": 30}}]})
+            {"item_id": 10_000, "features": {"author_id": 3, "category": 1, "duration_s": 30, "views": 0}}]})
         # unknown and featureless: 422 naming candidates[1].item_id
         bad = await client.post("/v1/score", json=body(2, [10, 10_001]))
     assert known.status_code == same.status_code == new.status_code == 200

@@ -13,11 +13,9 @@ def _table(path):
     return {k: np.asarray(v) for k, v in pq.read_table(path).to_pydict().items()}
 
 
-@pytest.fixture()
-def toy_ml(tmp_path):
+def write_toy_movielens(src: Path, tags: bool = True) -> Path:
     """Two users; user 1 rates 10 movies, two of them in the same second (t = 900)."""
-    src = tmp_path / "ml"
-    src.mkdir()
+    src.mkdir(parents=True)
     (src / "movies.csv").write_text(
         "movieId,title,genres\n"
         '5,"Bird, The (1999)",Drama|Comedy\n'
@@ -29,8 +27,33 @@ def toy_ml(tmp_path):
     rows += [(2, 100 + i, 3.5 + (i % 3) * 0.5, 50 * (i + 1)) for i in range(10)]
     (src / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(f"{u},{m},{r},{t}\n" for u, m, r, t in rows))
     # user 1 tags movie 100 right after rating it (t=100), movie 101 two days later (t=200)
-    (src / "tags.csv").write_text("userId,movieId,tag,timestamp\n1,100,fun,130\n1,101,late,172999\n")
+    (src / "tags.csv").write_text("userId,movieId,tag,timestamp\n" +
+                                  ("1,100,fun,130\n1,101,late,172999\n" if tags else ""))
     return src
+
+
+@pytest.fixture()
+def toy_ml(tmp_path):
+    return write_toy_movielens(tmp_path / "ml")
+
+
+def test_a_data_set_without_tags_converts_with_nothing_tagged(tmp_path):
+    convert(write_toy_movielens(tmp_path / "ml", tags=False), tmp_path / "out")
+    beh = _table(tmp_path / "out" / "behaviors.parquet")
+    assert len(beh["tagged"]) == 20 and beh["tagged"].sum() == 0
+    load_dataset(tmp_path / "out")
+
+
+def test_item_statistics_leave_out_every_target_rating(toy_ml, tmp_path):
+    convert(toy_ml, tmp_path / "out")
+    items, smp = _table(tmp_path / "out" / "items.parquet"), _table(tmp_path / "out" / "samples.parquet")
+    beh = _table(tmp_path / "out" / "behaviors.parquet")
+    target = set(zip(smp["user_id"].tolist(), smp["item_id"].tolist(), smp["ts"].tolist()))
+    for i, item in enumerate(items["item_id"]):
+        rows = [r for u, it, t, r in zip(beh["user_id"], beh["item_id"], beh["ts"], beh["rating"])
+                if it == item and (u, it, t) not in target]
+        assert items["n_ratings"][i] == len(rows)
+        assert items["mean_rating"][i] == (round(10 * np.mean(rows)) if rows else 0)
 
 
 def test_movies_get_dense_ids_primary_genre_and_year(toy_ml, tmp_path):
@@ -74,5 +97,5 @@ def test_real_movielens_has_no_leak_and_splits_by_time(tmp_path):
     tr, va, te = (d.split(x) for x in ("train", "val", "test"))
     for u in np.unique(te.user_id)[:100]:
         assert tr.ts[tr.user_id == u].max() <= va.ts[va.user_id == u].min() <= te.ts[te.user_id == u].min()
-    b = next(d.batches("test", 64, 500))
+    b, _ = next(d.batches("test", 64, 500))
     assert (b.seq_ts[b.seq_mask] < b.now[:, None].expand_as(b.seq_ts)[b.seq_mask]).all()

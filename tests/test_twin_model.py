@@ -45,20 +45,51 @@ def test_round_robin_matches_reference(L, k, ties, short):
             assert (positions[b, c][~valid[b, c]] == -1).all()
 
 
-def test_serving_path_equals_training_path_fp32():
-    model = tiny_model()
-    b = train_batch(B=5, lengths=[300, 150, 7, 21, 1])
+@pytest.mark.parametrize("full_lse,user_stats", [(True, True), (False, True), (True, False), (False, False)])
+def test_serving_path_equals_training_path_fp32(full_lse, user_stats):
+    model = tiny_model(full_lse=full_lse, user_stats=user_stats)
+    b = train_batch(B=5, lengths=[300, 150, 7, 21, 1], C=4)
+    b.target_mask[3, 2:] = False  # a request with fewer targets than the batch's widest
     with torch.no_grad():
-        train_logits = model(b)
-        serve_logits = model.score(serve_batch_from(model, b)).logits[:, 0]
+        train_logits = model(b)  # [B, C]
+        serve = serve_batch_from(model, b)
+        serve_logits = model.score(serve).logits
     torch.testing.assert_close(serve_logits, train_logits, atol=1e-5, rtol=0)
+    assert (train_logits[3, 2:] == 0).all()
+
+
+def test_full_lse_is_the_log_sum_exp_of_alpha_over_every_valid_behavior():
+    from twin.attention import full_logsumexp
+
+    model = tiny_model()
+    b = serve_batch_from(model, train_batch(B=3, lengths=[300, 40, 1], C=2))
+    with torch.no_grad():
+        g = model.select(b)
+        _, queries = model._queries(b.cand)
+        _, bias = model._cross(b.seq_cross, b.seq_ts, b.now)
+        alpha = model._full_alpha(model._split_proj(b.seq_proj)[0], queries, bias, b.seq_mask)  # [B, A, C, L]
+    for i, n in enumerate([300, 40, 1]):
+        want = torch.logsumexp(alpha[i, :, :, :n], dim=-1).T  # [C, A]: only the valid behaviors count
+        torch.testing.assert_close(g.lse_full[i], want, atol=1e-5, rtol=1e-5)
+    empty = torch.full((1, 4, 2, 5), float("-inf"))
+    assert torch.equal(full_logsumexp(empty), torch.zeros(1, 2, 4))  # no behavior: 0, not -inf
+
+
+def test_the_lse_grows_with_the_number_of_matching_behaviors():
+    from twin.attention import full_logsumexp
+
+    alpha = torch.full((1, 1, 2, 1000), -10.0)  # the rest: negligible mass
+    alpha[0, 0, 0, :10] = 3.0   # target 0: 10 behaviors match
+    alpha[0, 0, 1, :100] = 3.0  # target 1: 100 match, same relevance each
+    lse = full_logsumexp(alpha)[0, :, 0]
+    assert lse[1] - lse[0] == pytest.approx(torch.log(torch.tensor(10.0)).item(), abs=0.01)
 
 
 def test_fp16_cached_projections_stay_close():
     model = tiny_model()
     b = train_batch(B=4)
     with torch.no_grad():
-        exact = model.score(serve_batch_from(model, b)).scores
+        exact = model.score(serve_batch_from(model, b)).scores  # [B, C]
         half = model.score(serve_batch_from(model, b, torch.float16)).scores
     assert (exact - half).abs().max() < 1e-3
 
@@ -122,8 +153,9 @@ def test_recent_gsu_selects_the_newest_behaviors():
     assert g.positions[1, 0].tolist() == list(range(5)) + [-1] * 15
 
 
-def test_gradients_reach_every_parameter():
-    model = tiny_model().train()
+@pytest.mark.parametrize("full_lse", [True, False])
+def test_gradients_reach_every_parameter(full_lse):
+    model = tiny_model(full_lse=full_lse).train()
     b = train_batch(B=8)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b), b.label)
     loss.backward()
@@ -131,17 +163,17 @@ def test_gradients_reach_every_parameter():
     assert missing == []
 
 
-def test_consistency_counts_oracle_hits():
+def test_the_training_projection_of_distinct_items_equals_projecting_every_behavior():
     model = tiny_model()
-    b = train_batch(B=3, lengths=[300, 300, 12])
-    hits, size = model.gsu_consistency(b, oracle_k=20)
-    assert size.tolist() == [20, 20, 12]
-    assert hits[2] == 12  # a sequence shorter than k is selected whole
-    assert ((hits >= 0) & (hits <= size)).all()
-    recent = tiny_model(gsu="recent")
-    recent.load_state_dict(model.state_dict())
-    hits_recent, _ = recent.gsu_consistency(b, oracle_k=20)
-    assert hits[:2].sum() > hits_recent[:2].sum()  # alpha-based GSU finds more of the oracle than recency
+    b = train_batch(B=3, lengths=[300, 100, 2])
+    torch.testing.assert_close(model._project_sequence(b.seq_items), model.project_items(b.seq_items))
+
+
+def test_old_configs_without_the_additions_rebuild_models_without_them():
+    d = tiny_config().to_dict()
+    del d["full_lse"], d["user_stats"]
+    cfg = TwinConfig.from_dict(d)
+    assert cfg.full_lse is False and cfg.user_stats is False
 
 
 def test_config_round_trip_rebuilds_the_same_model():

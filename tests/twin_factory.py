@@ -24,12 +24,15 @@ def tiny_model(seed: int = 0, **overrides) -> TwinCTR:
 
 
 def raw_items(gen: torch.Generator, *shape: int) -> torch.Tensor:
-    """Raw inherent values [*shape, 4]: item_id, author_id, category, duration_s."""
-    cols = [(N_ITEMS, 0), (N_AUTHORS, 0), (N_CATEGORIES, 0), (2000, 1)]
-    return torch.stack([torch.randint(lo, hi, shape, generator=gen) for hi, lo in cols], dim=-1)
+    """Raw inherent values [*shape, 5]: item_id, author_id, category, duration_s, views. The other
+    features are functions of the item id, as inherent features are (the model may rely on it)."""
+    item = torch.randint(0, N_ITEMS, shape, generator=gen)
+    return torch.stack([item, item % N_AUTHORS, (item * 7) % N_CATEGORIES, (item * 13) % 2000 + 1,
+                        (item * 31) % 5000], dim=-1)
 
 
-def train_batch(B: int = 4, L: int = 300, lengths: list[int] | None = None, seed: int = 1) -> TrainBatch:
+def train_batch(B: int = 4, L: int = 300, lengths: list[int] | None = None, seed: int = 1, C: int = 3) -> TrainBatch:
+    """B sequences of L behaviors (newest first; lengths: valid ones per sequence), C targets each."""
     g = torch.Generator().manual_seed(seed)
     lengths = lengths or [L] * B
     mask = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]  # [B, L]
@@ -38,8 +41,9 @@ def train_batch(B: int = 4, L: int = 300, lengths: list[int] | None = None, seed
     # newest first: ages grow with position
     ages = torch.sort(torch.randint(0, 10**10, (B, L), generator=g), dim=1).values
     return TrainBatch(
-        target=raw_items(g, B), seq_items=raw_items(g, B, L), seq_cross=cross, seq_ts=now[:, None] - ages,
-        seq_mask=mask, now=now, hist_len=mask.sum(-1), label=torch.randint(0, 2, (B,), generator=g).float(),
+        target=raw_items(g, B, C), seq_items=raw_items(g, B, L), seq_cross=cross, seq_ts=now[:, None] - ages,
+        seq_mask=mask, now=now, hist_len=mask.sum(-1), target_mask=torch.ones(B, C, dtype=torch.bool),
+        label=torch.randint(0, 2, (B, C), generator=g).float(),
     )
 
 
@@ -48,9 +52,8 @@ def serve_batch_from(model: TwinCTR, b: TrainBatch, proj_dtype=torch.float32) ->
     S = min(model.cfg.short_len, b.seq_items.shape[1])
     with torch.no_grad():
         proj = model.project_items(b.seq_items).to(proj_dtype)
-    B = b.target.shape[0]
     return ServeBatch(
         seq_proj=proj, seq_cross=b.seq_cross, seq_ts=b.seq_ts, seq_mask=b.seq_mask,
-        recent_items=b.seq_items[:, :S], cand=b.target[:, None, :], cand_mask=torch.ones(B, 1, dtype=torch.bool),
-        now=b.now, hist_len=b.hist_len,
+        recent_items=b.seq_items[:, :S], cand=b.target, cand_mask=b.target_mask.clone(), now=b.now,
+        hist_len=b.hist_len,
     )

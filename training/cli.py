@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from training import movielens, synthetic
+from training import baselines, movielens, report, synthetic
 from training.dataset import load_dataset
-from training.trainer import VARIANTS, TrainSettings, markdown_table, run_comparison, settings_dict
+from training.trainer import VARIANTS, TrainSettings, run_comparison, settings_dict
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +29,18 @@ log = logging.getLogger(__name__)
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-registry", help="model store root to publish the TWIN model to (omit: no publish)")
     p.add_argument("--activate", action="store_true", help="also make the published version active")
-    p.add_argument("--report", help="write the markdown table (+ settings) to this file")
+    p.add_argument("--report", help="write the markdown report (+ settings) to this file, curves beside it")
     p.add_argument("--variants", default="twin,recent",
                    help=f"comma-separated, first one is published; from {','.join(VARIANTS)}")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--no-references", action="store_true", help="skip the plain reference models")
+    p.add_argument("--epochs", type=int, default=20, help="a cap: early stopping ends runs before it")
+    p.add_argument("--batch-size", type=int, default=256, help="targets per batch")
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--max-len", type=int, default=2_000, help="behaviors the TWIN GSU reads per sample")
-    p.add_argument("--patience", type=int, default=2)
-    p.add_argument("--evals-per-epoch", type=int, default=4)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--max-len", type=int, default=10_000, help="behaviors the TWIN GSU reads per request")
+    p.add_argument("--max-targets", type=int, default=64, help="targets per request (larger ones are cut)")
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--evals-per-epoch", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (one per core)")
     p.add_argument("--arch", default="{}", help='JSON of TwinConfig overrides, e.g. \'{"d_k": 16}\'')
@@ -48,9 +51,23 @@ def _settings(a: argparse.Namespace) -> TrainSettings:
     arch = json.loads(a.arch)
     if not isinstance(arch, dict):
         raise ValueError(f"--arch must be a JSON object, got {a.arch!r}")
-    return TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, max_len=a.max_len, seed=a.seed,
-                         patience=a.patience, evals_per_epoch=a.evals_per_epoch, progress=not a.no_progress,
-                         arch=arch)
+    return TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
+                         max_len=a.max_len, max_targets=a.max_targets, seed=a.seed, patience=a.patience,
+                         evals_per_epoch=a.evals_per_epoch, progress=not a.no_progress, arch=arch)
+
+
+def manifest_metrics(results, refs) -> dict[str, float]:
+    """The published model's test metrics, its siblings' AUC/GAUC and the references', for the manifest."""
+    best = results[0]
+    metrics = {f"test_{k}": float(v) for k, v in best.test.items()}
+    metrics["best_val_auc"] = best.best_val_auc
+    for r in results[1:]:
+        metrics[f"{r.variant}_test_auc"] = float(r.test["auc"])
+        metrics[f"{r.variant}_test_gauc"] = float(r.test["gauc"])
+    for ref in refs:
+        metrics[f"ref {ref.name} auc"] = float(ref.test["auc"])
+        metrics[f"ref {ref.name} gauc"] = float(ref.test["gauc"])
+    return metrics
 
 
 def _train(data_dir: str, a: argparse.Namespace, title: str) -> int:
@@ -58,31 +75,29 @@ def _train(data_dir: str, a: argparse.Namespace, title: str) -> int:
     variants = tuple(v.strip() for v in a.variants.split(",") if v.strip())
     bad = [v for v in variants if v not in VARIANTS]
     if not variants or bad:
-        raise SystemExit(f"--variants: unknown {bad or variants}; choose from {VARIANTS}")
+        raise SystemExit(f"--variants: unknown {bad or variants}; choose from {tuple(VARIANTS)}")
     settings = _settings(a)
     t0 = time.perf_counter()
     data = load_dataset(data_dir)
+    refs = [] if a.no_references else baselines.references(data, seed=a.seed)
     results = run_comparison(data, variants, settings)
     wall = time.perf_counter() - t0
-    table = markdown_table(results, title=title)
-    print(table)
-    print(f"wall time {wall:.0f} s (load + train + evaluate, {torch.get_num_threads()} threads)")
+    text = report.markdown(title, results, refs)
+    print(text)
+    print(f"wall time {wall:.0f} s (load + references + train + evaluate, {torch.get_num_threads()} threads)")
     if a.report:
-        Path(a.report).parent.mkdir(parents=True, exist_ok=True)
-        body = (f"{table}\nwall time: {wall:.0f} s; data: `{data_dir}` (sha256 {data.fingerprint[:16]}...)\n\n"
-                f"settings: `{json.dumps(settings_dict(settings))}`\n")
-        Path(a.report).write_text(body)
+        out = Path(a.report)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        curves = out.with_suffix(".curves.png")
+        report.plot_curves(results, curves, title)
+        out.write_text(f"{text}\n![validation curves]({curves.name})\n\nwall time: {wall:.0f} s; data: `{data_dir}` "
+                       f"(sha256 {data.fingerprint[:16]}...)\n\nsettings: `{json.dumps(settings_dict(settings))}`\n")
     if a.out_registry:
         from model_store.registry import ModelRegistry
 
         best = results[0]
-        metrics = {f"test_{k}": float(v) for k, v in best.test.items()}
-        metrics["best_val_auc"] = best.best_val_auc
-        for r in results[1:]:
-            metrics[f"{r.variant}_test_auc"] = float(r.test["auc"])
-            metrics[f"{r.variant}_test_gauc"] = float(r.test["gauc"])
         reg = ModelRegistry(a.out_registry)
-        version = reg.publish(best.model, metrics=metrics, data_fingerprint=data.fingerprint,
+        version = reg.publish(best.model, metrics=manifest_metrics(results, refs), data_fingerprint=data.fingerprint,
                               notes=f"{title}: variant {best.variant}")
         print(f"published {best.variant} as version {version} in {a.out_registry}")
         if a.activate:

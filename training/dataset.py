@@ -4,19 +4,23 @@ Reads the on-disk format of docs/contracts.md (items / behaviors / samples Parqu
 into flat numpy arrays: behaviors as a CSR per user (`offsets[u]:offsets[u+1]`, oldest first), items
 as a dense raw-feature table. A batch is assembled with fancy indexing only:
 
-    sample b with user row u and hist_len h sees behaviors offsets[u] .. offsets[u] + h - 1;
+    a request (user row u, request time t, hist_len h) sees behaviors offsets[u] .. offsets[u] + h - 1;
     position j of its sequence (newest first) is behavior offsets[u] + h - 1 - j, for j < min(h, L).
 
-L is the longest visible history in the batch, capped at `max_len` (dynamic padding: a batch of
-short histories does not pay for `max_len`).
+Samples that share (user, request time, hist_len) are ONE request with several targets, as the
+service scores a candidate list: the sequence is read, projected and attended once for all of them
+(`Requests`, at most `max_targets` targets each). A batch holds whole requests: [B requests, C
+targets], padded targets masked. L is the longest visible history in the batch, capped at `max_len`
+(dynamic padding: a batch of short histories does not pay for `max_len`).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +54,41 @@ class Samples:
 
 
 @dataclass
+class Requests:
+    """The samples of one split grouped by (user row, ts, hist_len), at most max_targets per group.
+
+    sample_idx[offsets[r]:offsets[r+1]] are request r's samples (indices into the split's Samples);
+    user_row / ts / hist_len [R] are shared by them."""
+
+    offsets: np.ndarray  # int64 [R + 1]
+    sample_idx: np.ndarray  # int64 [n]
+    user_row: np.ndarray  # int64 [R]
+    ts: np.ndarray  # int64 [R]
+    hist_len: np.ndarray  # int64 [R]
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def group_requests(samples: Samples, max_targets: int) -> Requests:
+    if max_targets < 1:
+        raise ValueError(f"max_targets must be >= 1, got {max_targets}")
+    order = np.lexsort((samples.hist_len, samples.ts, samples.user_row))  # stable: split order within a group
+    u, t, h = samples.user_row[order], samples.ts[order], samples.hist_len[order]
+    new = np.r_[True, (u[1:] != u[:-1]) | (t[1:] != t[:-1]) | (h[1:] != h[:-1])] if len(order) else np.zeros(0, bool)
+    group = np.cumsum(new) - 1  # [n] group of each sorted sample
+    rank = np.arange(len(order)) - np.flatnonzero(new)[group]  # position within its group
+    new |= (rank % max_targets == 0)  # cut groups larger than max_targets
+    starts = np.flatnonzero(new)
+    return Requests(offsets=np.append(starts, len(order)).astype(np.int64), sample_idx=order.astype(np.int64),
+                    user_row=u[starts], ts=t[starts], hist_len=h[starts])
+
+
+@dataclass
 class TrainingData:
     schema: FeatureSchema
     meta: dict
@@ -61,65 +100,92 @@ class TrainingData:
     beh_cross: np.ndarray  # float32 [N, J_s] stored cross values, schema.stored_cross_names() order
     splits: dict[str, Samples]
     fingerprint: str  # sha256 over the data files (identifies the data a model was trained on)
+    _requests: dict = field(default_factory=dict, repr=False)  # (split, max_targets) -> Requests
+
+    def without_inherent(self, names: list[str]) -> "TrainingData":
+        """The same data with the named inherent features removed from the schema and the item table
+        (an ablation). Behaviors, samples and the fingerprint are shared, not copied."""
+        if "item_id" in names or not set(names) <= set(self.schema.inherent_names):
+            raise ValueError(f"can drop only existing inherent features other than item_id, got {names}")
+        keep = [j for j, n in enumerate(self.schema.inherent_names) if n not in names]
+        schema = dataclasses.replace(self.schema, inherent=tuple(self.schema.inherent[j] for j in keep))
+        return dataclasses.replace(self, schema=schema, item_raw=self.item_raw[:, keep], _requests={})
+
+    def requests(self, split: str, max_targets: int) -> Requests:
+        key = (split, max_targets)
+        if key not in self._requests:
+            self._requests[key] = group_requests(self.split(split), max_targets)
+        return self._requests[key]
 
     def batches(self, split: str, batch_size: int, max_len: int, shuffle: bool = False, seed: int = 0,
-                bucket: int = 0) -> Iterator[TrainBatch]:
-        """Yield `TrainBatch`es of `split`.
+                bucket: int = 0, max_targets: int = 64) -> Iterator[tuple[TrainBatch, np.ndarray]]:
+        """Yield (TrainBatch, sample indices [B, C] into the split's Samples, -1 at padded targets).
 
-        shuffle: seeded permutation of the samples (same seed, same order).
+        batch_size: targets per batch; whole requests are packed until the next would overflow it.
+        shuffle: seeded permutation of the requests (same seed, same order).
         bucket:  if > 0, sort each window of `bucket` batches by history length before cutting it
                  into batches (then shuffle the batch order): far less padding for the same shuffle.
         """
-        samples = self.split(split)
+        req = self.requests(split, max_targets)
         if batch_size < 1 or max_len < 1:
             raise ValueError(f"batch_size and max_len must be >= 1, got {batch_size}, {max_len}")
-        order = np.arange(len(samples))
+        order = np.arange(len(req))
         rng = np.random.default_rng(seed)
         if shuffle:
-            order = rng.permutation(len(samples))
-        chunks: list[np.ndarray] = []
-        if bucket > 0:
-            win = batch_size * bucket
-            for lo in range(0, len(order), win):
-                w = order[lo:lo + win]
-                w = w[np.argsort(samples.hist_len[w], kind="stable")]
-                chunks += [w[i:i + batch_size] for i in range(0, len(w), batch_size)]
-            if shuffle:
-                chunks = [chunks[i] for i in rng.permutation(len(chunks))]
-        else:
-            chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+            order = rng.permutation(len(req))
+        if bucket > 0:  # windows of about `bucket` batches' worth of targets, each sorted by history length
+            window = np.cumsum(req.sizes[order]) // (batch_size * bucket)
+            order = order[np.lexsort((req.hist_len[order], window))]
+        # a request joins the batch its last target falls in: batches hold whole requests, about
+        # batch_size targets each (at most max_targets - 1 more)
+        cut = (np.cumsum(req.sizes[order]) - 1) // batch_size
+        chunks = np.split(order, np.flatnonzero(np.diff(cut)) + 1) if len(order) else []
+        if shuffle and bucket > 0:
+            chunks = [chunks[i] for i in rng.permutation(len(chunks))]
         for idx in chunks:
-            yield self.make_batch(samples, idx, max_len)
+            yield self.make_batch(self.split(split), req, idx, max_len)
 
     def split(self, name: str) -> Samples:
         if name not in self.splits:
             raise ValueError(f"unknown split {name!r}; have {sorted(self.splits)}")
         return self.splits[name]
 
-    def make_batch(self, samples: Samples, idx: np.ndarray, max_len: int) -> TrainBatch:
-        """Samples `idx` -> TrainBatch with L = min(max_len, max visible history), newest first."""
-        h = samples.hist_len[idx]  # [B]
+    def make_batch(self, samples: Samples, req: Requests, idx: np.ndarray, max_len: int
+                   ) -> tuple[TrainBatch, np.ndarray]:
+        """Requests `idx` -> (TrainBatch [B = len(idx), C = most targets], sample indices [B, C] (-1 = pad)),
+        L = min(max_len, longest visible history), newest first."""
+        h = req.hist_len[idx]  # [B]
         n_vis = np.minimum(h, max_len)  # [B]
         L = max(int(n_vis.max(initial=0)), 1)
         j = np.arange(L)[None, :]  # [1, L]
         mask = j < n_vis[:, None]  # [B, L]
-        start = self.offsets[samples.user_row[idx]]  # [B]
+        start = self.offsets[req.user_row[idx]]  # [B]
         pos = np.where(mask, start[:, None] + h[:, None] - 1 - j, 0)  # [B, L] behavior index
         seq_items = self.item_raw[self.beh_item_row[pos]]  # [B, L, F_h]
         seq_items[~mask] = 0
         seq_cross = self.beh_cross[pos]  # [B, L, J_s]
         seq_cross[~mask] = 0.0
         seq_ts = np.where(mask, self.beh_ts[pos], 0)  # [B, L]
-        return TrainBatch(
-            target=torch.from_numpy(self.item_raw[samples.item_row[idx]]),
+        sizes = req.sizes[idx]  # [B]
+        C = int(sizes.max(initial=1))
+        tmask = np.arange(C)[None, :] < sizes[:, None]  # [B, C]
+        sample = np.where(tmask, req.sample_idx[np.minimum(req.offsets[idx][:, None] + np.arange(C),
+                                                            len(req.sample_idx) - 1)], -1)  # [B, C]
+        safe = np.maximum(sample, 0)
+        target = self.item_raw[samples.item_row[safe]]  # [B, C, F_h]
+        target[~tmask] = 0
+        batch = TrainBatch(
+            target=torch.from_numpy(target),
             seq_items=torch.from_numpy(seq_items),
             seq_cross=torch.from_numpy(seq_cross),
             seq_ts=torch.from_numpy(seq_ts),
             seq_mask=torch.from_numpy(mask),
-            now=torch.from_numpy(samples.ts[idx].copy()),
+            now=torch.from_numpy(req.ts[idx].copy()),
             hist_len=torch.from_numpy(h.copy()),
-            label=torch.from_numpy(samples.label[idx].copy()),
+            target_mask=torch.from_numpy(tmask),
+            label=torch.from_numpy(np.where(tmask, samples.label[safe], 0.0).astype(np.float32)),
         )
+        return batch, sample
 
 
 def _col(table, name: str, dtype) -> np.ndarray:

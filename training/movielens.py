@@ -4,6 +4,8 @@ Mapping (see ../shared/data/README.md):
   * items: movieId remapped to dense ids 1..N in movieId order (0 is never an item); `genre` = the
     first listed genre, ids 1..G over the sorted genre names ("(no genres listed)" is one of them);
     `year` = release year from the title's trailing "(YYYY)", 0 when absent (13 titles);
+    `n_ratings`, `mean_rating` (x 10) = statistics of the movie's history-only ratings (those that
+    are no sample's target; `item_rating_stats`), as a catalog snapshot would hold them;
   * behaviors: every rating, ts in ms; stored cross values `rating` (0.5-5) and `tagged` (1 if the
     user tagged the movie within 24 h after rating it: a tag of the same visit. Later tags are
     separate events an immutable behavior record cannot carry without leaking the future);
@@ -64,6 +66,35 @@ def movie_features(movies: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return mid.astype(np.int64), np.array([gid[p] for p in primary], dtype=np.int64), year, names
 
 
+def _tagged(tags: pa.Table, user: np.ndarray, movie: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """float32 [n] per rating: 1 if the user's first tag on the movie came no later than TAG_WINDOW_MS
+    after the rating. A tags.csv without rows (its columns then have no type) tags nothing."""
+    if tags.num_rows == 0:
+        return np.zeros(len(user), np.float32)
+    t_key = tags.column("userId").to_numpy().astype(np.int64) * _KEY + tags.column("movieId").to_numpy()
+    t_ts = tags.column("timestamp").to_numpy().astype(np.int64) * 1000
+    t_order = np.argsort(t_key, kind="stable")
+    keys, t_start = np.unique(t_key[t_order], return_index=True)
+    first_tag = np.minimum.reduceat(t_ts[t_order], t_start)  # [n_pairs]
+    r_key = user * _KEY + movie
+    k = np.minimum(np.searchsorted(keys, r_key), len(keys) - 1)
+    return ((keys[k] == r_key) & (first_tag[k] <= ts + TAG_WINDOW_MS)).astype(np.float32)
+
+
+def item_rating_stats(item: np.ndarray, rating: np.ndarray, is_target: np.ndarray, n_items: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Per item id 1..n_items: (ratings count, mean rating x 10 rounded, 0 when none), int64 [n_items],
+    over the HISTORY-ONLY ratings: those that are no sample's target. So no label of any split is in
+    an item's statistics. They are a static snapshot, as a serving catalog holds them: a target's
+    item statistic may include other users' ratings made after the target's own time (not its
+    label); the plain regression of training.baselines reads strictly earlier ratings instead."""
+    keep = ~is_target
+    count = np.bincount(item[keep], minlength=n_items + 1)[1:]
+    total = np.bincount(item[keep], weights=rating[keep], minlength=n_items + 1)[1:]
+    mean_x10 = np.where(count > 0, np.rint(10.0 * total / np.maximum(count, 1)), 0).astype(np.int64)
+    return count.astype(np.int64), mean_x10
+
+
 def _split_by_time(user: np.ndarray, n_targets: np.ndarray) -> np.ndarray:
     """Split index per target (targets grouped by user, time-ordered): newest 20% test, 20% val."""
     first = np.r_[0, np.cumsum(n_targets)[:-1]]
@@ -95,17 +126,7 @@ def convert(ml_dir: str | Path, out_dir: str | Path, target_frac: float = 0.2) -
     order = np.lexsort((movie, ts, user))  # by user, then time (ties by movieId: deterministic)
     user, movie, rating, ts, item = user[order], movie[order], rating[order], ts[order], item_id[pos[order]]
 
-    # tagged: the user's first tag on the movie came no later than TAG_WINDOW_MS after the rating.
-    t = _read(src / "tags.csv")
-    t_key = t.column("userId").to_numpy().astype(np.int64) * _KEY + t.column("movieId").to_numpy()
-    t_ts = t.column("timestamp").to_numpy().astype(np.int64) * 1000
-    t_order = np.argsort(t_key, kind="stable")
-    keys, t_start = np.unique(t_key[t_order], return_index=True)
-    first_tag = np.minimum.reduceat(t_ts[t_order], t_start) if len(keys) else t_ts[:0]  # [n_pairs]
-    r_key = user * _KEY + movie
-    k = np.minimum(np.searchsorted(keys, r_key), max(len(keys) - 1, 0))
-    has = (keys[k] == r_key) if len(keys) else np.zeros(len(r_key), bool)
-    tagged = (has & (first_tag[k] <= ts + TAG_WINDOW_MS)).astype(np.float32)
+    tagged = _tagged(_read(src / "tags.csv"), user, movie, ts)
 
     # targets: the last target_frac of each user's ratings
     uids, start, counts = np.unique(user, return_index=True, return_counts=True)
@@ -120,7 +141,11 @@ def convert(ml_dir: str | Path, out_dir: str | Path, target_frac: float = 0.2) -
     split = _split_by_time(t_user_row, n_t)
     schema = movielens_schema(len(mid) + 1, len(genre_names) + 1)
 
-    pq.write_table(pa.table({"item_id": item_id, "genre": genre, "year": year}), out / "items.parquet")
+    is_target = np.zeros(len(ts), bool)
+    is_target[t_idx] = True
+    n_ratings, mean_x10 = item_rating_stats(item, rating, is_target, len(mid))
+    pq.write_table(pa.table({"item_id": item_id, "genre": genre, "year": year, "n_ratings": n_ratings,
+                             "mean_rating": mean_x10}), out / "items.parquet")
     pq.write_table(pa.table({"user_id": user, "item_id": item, "ts": ts, "rating": rating, "tagged": tagged}),
                    out / "behaviors.parquet")
     labels = (rating[t_idx] >= 4.0).astype(np.int8)

@@ -41,15 +41,23 @@ Behaviors (the lifelong sequence; cross features K_c = play_ratio, liked, and th
   * liked ~ Bernoulli(sigmoid(-5.5 + 1.2 a + 2 (play_ratio - 0.5))): likes are rare (~10%).
 
 Samples (a click label for a (user, target) pair at request time, after the whole history)
+  * one request per user: its `samples_per_user` targets are scored at one request time, drawn
+    U(1 min, 1 day) after the user's last behavior (an impression list, as the service scores it);
   * targets: 30% from an active interest, 20% from a dormant interest (the share moves to active
     interests for users without one), 30% by global popularity, 20% uniform; interest targets
     are drawn like behaviors. This mix makes labels roughly balanced (about 50% positive);
   * click ~ Bernoulli(sigmoid(-2.3 + 1.5 a + 0.25 z_pop(i) + b_u + N(0, 0.5))), z_pop the
-    standardized log popularity, b_u ~ N(0, 0.3) a per-user click propensity.
+    standardized log popularity, b_u ~ N(0, 0.3) a per-user click propensity. The noiseless part
+    -2.3 + 1.5 a + 0.25 z_pop + b_u is written as the sample column `oracle_logit`: the ceiling any
+    model is read against (no model may read it).
   So the label depends on the dormant interests, which only the older part of the history shows:
   a model restricted to the 100 most recent behaviors cannot see them, one reading the whole
   history can. The sample column `target_kind` (0 active, 1 dormant, 2 popular, 3 uniform) is
   kept for analysis; models must not read it.
+
+Item statistic (an inherent feature, as a production catalog would carry it)
+  * views = how many behaviors in the whole data set are of the item (every user's history; no
+    label is involved): the observable trace of the latent popularity.
 
 Users are split 80/10/10 into train/val/test (a seeded permutation), so no user leaks across
 splits. Output: the on-disk format of docs/contracts.md. Generation is vectorized numpy per chunk
@@ -90,7 +98,7 @@ class SyntheticConfig:
     hist_min: int
     hist_cap: int
     span_days: float = 365.0
-    samples_per_user: int = 16
+    samples_per_user: int = 32
     users_per_chunk: int = 500
     seed: int = 0
     zipf_a: float = 1.1
@@ -118,6 +126,12 @@ PRESETS: dict[str, SyntheticConfig] = {
     # `make train`: two models in a few minutes on 2 CPU cores.
     "ci": SyntheticConfig(n_items=20_000, n_authors=1_000, n_categories=50, n_users=2_500,
                           hist_median=400, hist_sigma=0.7, hist_min=20, hist_cap=1_500),
+    # The product's regime at a size 2 cores can train on (issue "A TWIN that learns"): histories
+    # of median 3,000 reaching 10,000+ (p95 ~11,000, capped at 20,000; trained at max_len 10,000 =
+    # W1's L), 64 scored targets per user (one request), 50,000 items.
+    "lifelong": SyntheticConfig(n_items=50_000, n_authors=2_500, n_categories=100, n_users=2_000,
+                                hist_median=3_000, hist_sigma=0.8, hist_min=100, hist_cap=20_000,
+                                span_days=730.0, samples_per_user=64, users_per_chunk=100),
     "small": SyntheticConfig(n_items=100_000, n_authors=5_000, n_categories=100, n_users=5_000,
                              hist_median=1_500, hist_sigma=0.8, hist_min=50, hist_cap=10_000),
     # DESIGN.md sec. 4: 1M items, Zipf(1.1), 10K users, log-normal lengths (median a few thousand,
@@ -343,16 +357,18 @@ def make_samples(cfg: SyntheticConfig, cat: Catalog, users: Users, split: np.nda
     sel = np.flatnonzero(kind == 3)
     item[sel] = rng.integers(0, cat.n, len(sel))
     a = affinity(users, cat, row, item)
-    logit = -2.3 + 1.5 * a + 0.25 * cat.z_pop[item] + users.bias[row] + rng.normal(0.0, 0.5, n)
-    label = rng.random(n) < _sigmoid(logit)
+    oracle = -2.3 + 1.5 * a + 0.25 * cat.z_pop[item] + users.bias[row]
+    label = rng.random(n) < _sigmoid(oracle + rng.normal(0.0, 0.5, n))
+    request_ts = users.t_end + rng.integers(60_000, MS_PER_DAY, len(users.ids))  # [U] after the whole history
     return {
         "user_id": users.ids[row],
         "item_id": item + 1,
-        "ts": users.t_end[row] + rng.integers(60_000, MS_PER_DAY, n),  # after the whole history
+        "ts": request_ts[row],
         "label": label.astype(np.int8),
         "hist_len": users.hist_len[row],
         "split": np.asarray(SPLITS, dtype=object)[split[row]],
         "target_kind": kind.astype(np.int8),
+        "oracle_logit": oracle.astype(np.float32),
     }
 
 
@@ -373,7 +389,7 @@ def _beh_schema() -> pa.Schema:
 def _sample_schema() -> pa.Schema:
     return pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("ts", pa.int64()),
                       ("label", pa.int8()), ("hist_len", pa.int64()), ("split", pa.string()),
-                      ("target_kind", pa.int8())])
+                      ("target_kind", pa.int8()), ("oracle_logit", pa.float32())])
 
 
 def generate(cfg: SyntheticConfig, out_dir: str | Path, progress: bool = True) -> dict:
@@ -382,9 +398,7 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path, progress: bool = True) -
     out.mkdir(parents=True, exist_ok=True)
     cat = make_catalog(cfg, np.random.default_rng(np.random.SeedSequence([cfg.seed, 0])))
     schema = synthetic_schema(cfg.n_items + 1, cfg.n_authors + 1, cfg.n_categories + 1)
-    items = pa.table({"item_id": np.arange(1, cat.n + 1, dtype=np.int64), "author_id": cat.author,
-                      "category": cat.category, "duration_s": cat.duration_s})
-    pq.write_table(items, out / "items.parquet")
+    views = np.zeros(cat.n + 1, np.int64)  # [N + 1] behaviors per item id
     split = user_splits(cfg.n_users, cfg.seed)
     n_beh = n_pos = n_samples = 0
     starts = range(0, cfg.n_users, cfg.users_per_chunk)
@@ -398,9 +412,13 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path, progress: bool = True) -
             smp = make_samples(cfg, cat, users, split[ids - 1], rng)
             bw.write_table(pa.table(beh, schema=_beh_schema()))
             sw.write_table(pa.table(smp, schema=_sample_schema()))
+            views += np.bincount(beh["item_id"], minlength=cat.n + 1)
             n_beh += len(beh["ts"])
             n_samples += len(smp["label"])
             n_pos += int(smp["label"].sum())
+    items = pa.table({"item_id": np.arange(1, cat.n + 1, dtype=np.int64), "author_id": cat.author,
+                      "category": cat.category, "duration_s": cat.duration_s, "views": views[1:]})
+    pq.write_table(items, out / "items.parquet")
     meta = {"source": "synthetic", "config": asdict(cfg), "n_behaviors": n_beh, "n_samples": n_samples,
             "positive_rate": n_pos / max(n_samples, 1)}
     (out / "schema.json").write_text(json.dumps({**schema.to_dict(), "meta": meta}, indent=1))

@@ -1,17 +1,24 @@
-"""Training and evaluation of TWIN and its baselines on one data set.
+"""Training and evaluation of TWIN, its ablations and baselines on one data set.
 
-`run_comparison` trains each variant on the same data with the same seed and settings:
-  * "twin":    CP-GSU over the whole history (up to `max_len`), the paper's model;
-  * "recent":  the same model restricted to the `top_k` most recent behaviors (cfg.gsu="recent");
-               it reads only those, so its sequences are cut to top_k (exactly what it would use);
-  * "nocross": TWIN without the cross-feature bias b_a in alpha (paper sec. 4.4 ablation).
-Each is trained with Adam and log-loss, validated a few times per epoch; training stops when the
-validation AUC has not improved for `patience` evaluations and the best state is kept. The test
-split then gives AUC, GAUC, log-loss and the GSU consistency of paper Fig. 4.
+`run_comparison` trains each variant on the same data with the same seed and settings (VARIANTS):
+  * "twin":          the full model: CP-GSU over the whole history (up to `max_len`), the ESU, the
+                     short-term module, and beside them what a production CTR model has: item
+                     statistics (the data's item-stat features), the user's mean cross values, and
+                     the full-sequence log-sum-exp of alpha per head;
+  * "recent":        the same model restricted to the `top_k` most recent behaviors (cfg.gsu="recent");
+                     it reads only those, so its sequences are cut to top_k (exactly what it uses);
+  * "nocross":       TWIN without the cross-feature bias b_a in alpha (paper sec. 4.4 ablation);
+  * "no_full_lse", "no_user_stats", "no_item_stats": TWIN without one of the additions;
+  * "paper":         TWIN as the paper describes it: none of the three additions.
+Each is trained with Adam and log-loss: a linear warm-up, then the learning rate is halved whenever
+a validation does not improve on the best AUC, and training stops after `patience` validations
+without improvement (the best state is kept), or at `epochs`. The validation curve is kept in
+`history`. The test split then gives AUC, GAUC, log-loss and the GSU consistency of paper Fig. 4.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,29 +28,44 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from training.consistency import READINGS, oracle_hits
+from training.coverage import RowUsage, fill_unused_rows
 from training.dataset import TrainingData
 from training.metrics import auc, gauc, logloss
+from training.schemas import ITEM_STAT_FEATURES
 from twin.config import TwinConfig
 from twin.model import TwinCTR
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("twin", "recent", "nocross")
+# variant -> (TwinConfig overrides, drop the item-statistic features of the data)
+VARIANTS: dict[str, tuple[dict, bool]] = {
+    "twin": ({}, False),
+    "recent": ({"gsu": "recent"}, False),
+    "nocross": ({"cross_bias": False}, False),
+    "no_full_lse": ({"full_lse": False}, False),
+    "no_user_stats": ({"user_stats": False}, False),
+    "no_item_stats": ({}, True),
+    "paper": ({"full_lse": False, "user_stats": False, "evidence": False}, True),
+}
 TARGET_KIND_NAMES = {0: "active", 1: "dormant", 2: "popular", 3: "uniform"}
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int = 2
-    batch_size: int = 256
-    lr: float = 1e-3
-    max_len: int = 10_000  # behaviors the TWIN GSU reads per sample (newest first)
+    epochs: int = 20  # a cap: early stopping on validation ends a run well before it
+    batch_size: int = 256  # targets per batch (whole requests are packed)
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    lr_decay: float = 0.5  # applied at each validation that does not improve on the best
+    max_len: int = 10_000  # behaviors the TWIN GSU reads per request (newest first)
+    max_targets: int = 64  # targets per request (larger requests are cut)
     seed: int = 0
-    patience: int = 2  # validations without a better val AUC before stopping
+    patience: int = 3  # validations without a better val AUC before stopping
     evals_per_epoch: int = 2
     eval_batch_size: int = 512
     bucket: int = 20  # batches per length-sorting window (see TrainingData.batches)
-    consistency_samples: int = 2_000  # test samples (with more than top_k behaviors) for Fig. 4
+    consistency_requests: int = 64  # test requests (with more than top_k behaviors) for Fig. 4
     progress: bool = True
     arch: dict = field(default_factory=dict)  # TwinConfig overrides (n_heads, d_k, top_k, ...)
 
@@ -57,17 +79,20 @@ class VariantResult:
     steps: int
     train_seconds: float
     history: list[dict[str, float]]
+    filled_rows: dict[str, int]
+    data: TrainingData  # what the model was trained on (a variant may drop item-stat features)
+
+
+def variant_data(data: TrainingData, variant: str) -> TrainingData:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {tuple(VARIANTS)}")
+    drop = [f for f in ITEM_STAT_FEATURES if f in data.schema.inherent_names] if VARIANTS[variant][1] else []
+    return data.without_inherent(drop) if drop else data
 
 
 def make_config(data: TrainingData, variant: str, settings: TrainSettings) -> TwinConfig:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
     cfg = TwinConfig(schema=data.schema, max_len=settings.max_len, **settings.arch)
-    if variant == "recent":
-        cfg = TwinConfig(**{**cfg.__dict__, "gsu": "recent"})
-    elif variant == "nocross":
-        cfg = TwinConfig(**{**cfg.__dict__, "cross_bias": False})
-    return cfg
+    return dataclasses.replace(cfg, **VARIANTS[variant][0])
 
 
 def _read_len(cfg: TwinConfig) -> int:
@@ -76,41 +101,46 @@ def _read_len(cfg: TwinConfig) -> int:
 
 
 @torch.no_grad()
-def predict(model: TwinCTR, data: TrainingData, split: str, batch_size: int, max_len: int,
-            progress: bool = False) -> np.ndarray:
+def predict(model: TwinCTR, data: TrainingData, split: str, settings: TrainSettings, progress: bool = False
+            ) -> np.ndarray:
     """CTRs [n] for the samples of `split`, in split order."""
     model.eval()
-    out = []
-    n = len(data.split(split))
-    for b in tqdm(data.batches(split, batch_size, max_len), total=-(-n // batch_size), desc=f"eval {split}",
-                  leave=False, disable=not progress):
-        out.append(torch.sigmoid(model(b)).numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+    out = np.zeros(len(data.split(split)), np.float32)
+    n_req = len(data.requests(split, settings.max_targets))
+    for b, idx in tqdm(data.batches(split, settings.eval_batch_size, _read_len(model.cfg),
+                                    max_targets=settings.max_targets),
+                       total=None, desc=f"eval {split} ({n_req} requests)", leave=False, disable=not progress):
+        p = torch.sigmoid(model(b)).numpy()  # [B, C]
+        out[idx[idx >= 0]] = p[idx >= 0]
+    return out
 
 
 @torch.no_grad()
-def consistency(model: TwinCTR, data: TrainingData, split: str, settings: TrainSettings) -> float:
-    """Paper Fig. 4: mean number of the model's own full-sequence ESU top-`top_k` behaviors that
-    its GSU selection retrieves, over samples with more than top_k behaviors (out of top_k)."""
+def consistency(model: TwinCTR, data: TrainingData, split: str, settings: TrainSettings) -> dict[str, float]:
+    """Paper Fig. 4: of the model's own ESU top-`top_k` over the full sequence (each reading of
+    training.consistency.READINGS), how many its GSU selection retrieves, mean over the targets of
+    requests with more than top_k behaviors."""
     model.eval()
-    s = data.split(split)
     k = model.cfg.top_k
-    idx = np.flatnonzero(np.minimum(s.hist_len, settings.max_len) > k)
-    if len(idx) == 0:
-        return float("nan")
-    idx = np.random.default_rng(settings.seed).permutation(idx)[:settings.consistency_samples]
-    hits = []
-    for lo in range(0, len(idx), settings.eval_batch_size // 2):
-        b = data.make_batch(s, idx[lo:lo + settings.eval_batch_size // 2], settings.max_len)
-        h, _ = model.gsu_consistency(b, oracle_k=k)  # [B] hits out of min(k, L) = k here
-        hits.append(h.numpy())
-    return float(np.concatenate(hits).mean())
+    req = data.requests(split, settings.max_targets)
+    eligible = np.flatnonzero(np.minimum(req.hist_len, settings.max_len) > k)
+    if len(eligible) == 0:
+        return {f"consistency_{r}": float("nan") for r in READINGS}
+    chosen = np.random.default_rng(settings.seed).permutation(eligible)[:settings.consistency_requests]
+    hits: dict[str, list[np.ndarray]] = {r: [] for r in READINGS}
+    for lo in range(0, len(chosen), 8):
+        b, idx = data.make_batch(data.split(split), req, chosen[lo:lo + 8], settings.max_len)
+        weights, positions = model.esu_oracle_weights(b)
+        for r in READINGS:
+            h = oracle_hits(weights, positions, b.seq_mask, k, r)  # [B, C]
+            hits[r].append(h[torch.from_numpy(idx >= 0)].numpy())
+    return {f"consistency_{r}": float(np.concatenate(v).mean()) for r, v in hits.items()}
 
 
 def evaluate(model: TwinCTR, data: TrainingData, split: str, settings: TrainSettings,
              with_consistency: bool = True) -> dict[str, float]:
     s = data.split(split)
-    p = predict(model, data, split, settings.eval_batch_size, _read_len(model.cfg), settings.progress)
+    p = predict(model, data, split, settings, settings.progress)
     res = {"auc": auc(s.label, p), "gauc": gauc(s.label, p, s.user_id), "logloss": logloss(s.label, p),
            "n": float(len(s))}
     kind = s.extra.get("target_kind")
@@ -119,48 +149,64 @@ def evaluate(model: TwinCTR, data: TrainingData, split: str, settings: TrainSett
             m = kind == k
             if m.any() and 0 < s.label[m].mean() < 1:
                 res[f"auc_{name}"] = auc(s.label[m], p[m])
-    if with_consistency:
-        res["consistency"] = consistency(model, data, split, settings)
+    if with_consistency and model.cfg.gsu == "twin":
+        res.update(consistency(model, data, split, settings))
     return res
 
 
+def _steps_per_epoch(data: TrainingData, settings: TrainSettings) -> int:
+    """About the batches of an epoch (TrainingData.batches' packing, before its shuffle), cheaply."""
+    req = data.requests("train", settings.max_targets)
+    return max(1, len(np.unique((np.cumsum(req.sizes) - 1) // settings.batch_size)))
+
+
 def fit(model: TwinCTR, data: TrainingData, settings: TrainSettings, name: str = "") -> dict:
-    """Adam on log-loss with validation-based early stopping; leaves the best state in `model`."""
+    """Adam on log-loss with warm-up, decay on a non-improving validation and early stopping; leaves
+    the best state in `model`, with the embedding rows training never read filled (training.coverage)."""
     torch.manual_seed(settings.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    # fused: one kernel over all parameters (CPU too): 39 ms a step instead of 338 ms for the 3.4M
+    # parameters of the lifelong preset's id tables (measured on 2 cores)
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, fused=True)
     loss_fn = nn.BCEWithLogitsLoss()
     read_len = _read_len(model.cfg)
-    n_train = len(data.split("train"))
-    steps_per_epoch = -(-n_train // settings.batch_size)
+    usage = RowUsage(model)
+    steps_per_epoch = _steps_per_epoch(data, settings)
     eval_every = max(1, steps_per_epoch // max(1, settings.evals_per_epoch))
+    val = data.split("val")
     best = {"auc": -1.0, "state": None, "step": 0}
     history: list[dict[str, float]] = []
-    step, bad, t0 = 0, 0, time.perf_counter()
+    step, bad, lr, t0, losses = 0, 0, settings.lr, time.perf_counter(), []
     stop = False
     for epoch in range(settings.epochs):
         model.train()
-        bar = tqdm(data.batches("train", settings.batch_size, read_len, shuffle=True,
-                                seed=settings.seed + epoch, bucket=settings.bucket),
+        bar = tqdm(data.batches("train", settings.batch_size, read_len, shuffle=True, seed=settings.seed + epoch,
+                                bucket=settings.bucket, max_targets=settings.max_targets),
                    total=steps_per_epoch, desc=f"{name} epoch {epoch + 1}/{settings.epochs}",
                    disable=not settings.progress)
-        for b in bar:
-            loss = loss_fn(model(b), b.label)
+        for b, _ in bar:
+            usage.record(model, b)
+            for g in opt.param_groups:  # linear warm-up, then the plateau-decayed rate
+                g["lr"] = lr * min(1.0, (step + 1) / max(1, settings.warmup_steps))
+            logits = model(b)
+            loss = loss_fn(logits[b.target_mask], b.label[b.target_mask])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
-            bar.set_postfix(loss=f"{loss.item():.4f}", best_val_auc=f"{best['auc']:.4f}")
+            losses.append(float(loss.item()))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", best_val_auc=f"{best['auc']:.4f}")
             if step % eval_every == 0 or step == steps_per_epoch * (epoch + 1):
-                s = data.split("val")
-                val_auc = auc(s.label, predict(model, data, "val", settings.eval_batch_size, read_len))
-                history.append({"step": step, "epoch": step / steps_per_epoch,
-                                "train_loss": float(loss.item()), "val_auc": val_auc})
-                log.info("%s step %d: val AUC %.4f", name, step, val_auc)
+                val_auc = auc(val.label, predict(model, data, "val", settings))
+                history.append({"step": step, "epoch": round(step / steps_per_epoch, 3), "lr": lr,
+                                "train_loss": float(np.mean(losses)), "val_auc": val_auc})
+                losses = []
+                log.info("%s step %d: val AUC %.4f (lr %.2g)", name, step, val_auc, lr)
                 if val_auc > best["auc"]:
                     best = {"auc": val_auc, "state": copy.deepcopy(model.state_dict()), "step": step}
                     bad = 0
                 else:
                     bad += 1
+                    lr *= settings.lr_decay
                     if bad >= settings.patience:
                         stop = True
                         break
@@ -170,39 +216,25 @@ def fit(model: TwinCTR, data: TrainingData, settings: TrainSettings, name: str =
             break
     if best["state"] is not None:
         model.load_state_dict(best["state"])
+    filled = fill_unused_rows(usage)
     model.eval()
-    return {"best_val_auc": best["auc"], "best_step": best["step"], "steps": step,
-            "seconds": time.perf_counter() - t0, "history": history}
+    return {"best_val_auc": best["auc"], "best_step": best["step"], "steps": step, "early_stopped": stop,
+            "seconds": time.perf_counter() - t0, "history": history, "filled_rows": filled}
 
 
 def run_comparison(data: TrainingData, variants: tuple[str, ...], settings: TrainSettings) -> list[VariantResult]:
     results = []
     for v in variants:
-        torch.manual_seed(settings.seed)  # same initial weights for every variant
-        model = TwinCTR(make_config(data, v, settings))
-        f = fit(model, data, settings, name=v)
-        test = evaluate(model, data, "test", settings)
+        d = variant_data(data, v)
+        torch.manual_seed(settings.seed)  # same initial weights for every variant (where shapes agree)
+        model = TwinCTR(make_config(d, v, settings))
+        f = fit(model, d, settings, name=v)
+        test = evaluate(model, d, "test", settings)
+        test["early_stopped"] = float(f["early_stopped"])
         log.info("%s test: %s", v, test)
-        results.append(VariantResult(v, model, test, f["best_val_auc"], f["steps"], f["seconds"], f["history"]))
+        results.append(VariantResult(v, model, test, f["best_val_auc"], f["steps"], f["seconds"], f["history"],
+                                     f["filled_rows"], d))
     return results
-
-
-def markdown_table(results: list[VariantResult], title: str = "") -> str:
-    kinds = [f"auc_{n}" for n in TARGET_KIND_NAMES.values() if any(f"auc_{n}" in r.test for r in results)]
-    head = ["model", "test AUC", "test GAUC", "test log-loss", "consistency@k", *[k.replace("auc_", "AUC ") for k in kinds],
-            "best val AUC", "steps", "train s"]
-    lines = ([f"### {title}", ""] if title else []) + ["| " + " | ".join(head) + " |",
-                                                      "|" + "---|" * len(head)]
-    for r in results:
-        t = r.test
-        cells = [r.variant, f"{t['auc']:.4f}", f"{t['gauc']:.4f}", f"{t['logloss']:.4f}",
-                 f"{t.get('consistency', float('nan')):.1f}", *[f"{t.get(k, float('nan')):.4f}" for k in kinds],
-                 f"{r.best_val_auc:.4f}", str(r.steps), f"{r.train_seconds:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "consistency@k: of the model's own ESU top-k over the full sequence (paper Fig. 4), how many its "
-              "GSU selection holds (mean over test samples with more than k behaviors)."
-              + (" AUC <kind>: test AUC within one kind of target (synthetic data)." if kinds else "")]
-    return "\n".join(lines) + "\n"
 
 
 def settings_dict(settings: TrainSettings) -> dict:

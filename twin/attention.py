@@ -279,6 +279,19 @@ def recent_topk(seq_mask: torch.Tensor, n_cand: int, k: int) -> tuple[torch.Tens
     return positions[:, None].expand(B, n_cand, k), valid[:, None].expand(B, n_cand, k)
 
 
+def full_logsumexp(alpha: torch.Tensor) -> torch.Tensor:
+    """How MUCH of the whole sequence matches each target, per head: log sum_l exp(alpha_l) over every
+    valid behavior (softmax pooling normalises this away; DIN drops the normalisation for this reason).
+
+    alpha [B, A, C, L], -inf at padding -> [B, C, A]; 0 where a sequence has no valid behavior.
+    ~ max alpha + log(number of behaviors near it): it grows with the count of matching behaviors.
+    """
+    empty = (alpha == NEG_INF).all(-1, keepdim=True)  # [B, A, C, 1]
+    # an all -inf row would give -inf, and NaN gradients through logsumexp: compute it on zeros
+    lse = torch.logsumexp(alpha.masked_fill(empty, 0.0), dim=-1).masked_fill(empty[..., 0], 0.0)  # [B, A, C]
+    return lse.transpose(1, 2)
+
+
 def masked_softmax(alpha: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim ignoring invalid entries; an all-invalid row gives zeros (no NaN)."""
     masked = alpha.masked_fill(~valid, NEG_INF)

@@ -130,6 +130,11 @@ class TwinConfig:
     # Beyond the paper: feed the tower the per-head log-sum-exp of alpha over the selected behaviors.
     # The softmax average tells WHAT matched but not how much of the history did.
     evidence: bool = True
+    # Beyond the paper (issue "A TWIN that learns"): the per-head log-sum-exp of alpha over the FULL
+    # sequence into the tower: how many behaviors match, which the softmax over the k selected hides.
+    full_lse: bool = True
+    # The user's mean stored cross values over the sequence (e.g. completion, like rate) into the tower.
+    user_stats: bool = True
     # N(0, std) init of every embedding table. 0.05 left alpha flat (keys ~0.03) and the attention
     # barely learned on the ci preset (TWIN 0.745 AUC = recent-100); 0.3 gave 0.773 vs 0.760.
     emb_init_std: float = 0.3
@@ -154,6 +159,9 @@ class TwinConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TwinConfig":
         d = dict(d)
+        # configs written before these switches existed describe models without them
+        d.setdefault("full_lse", False)
+        d.setdefault("user_stats", False)
         d["schema"] = FeatureSchema.from_dict(d["schema"])
         d["mlp_dims"] = tuple(d.get("mlp_dims", (200, 80)))
         return cls(**d)

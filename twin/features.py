@@ -73,3 +73,13 @@ def context_raw(schema: FeatureSchema, now: torch.Tensor, hist_len: torch.Tensor
         else:  # "hist_len" (FeatureSchema validates the names)
             cols.append(hist_len)
     return torch.stack(cols, dim=-1)
+
+
+def sequence_means(stored: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """User statistics from the behavior log as the model sees it: the mean of every stored cross value
+    (e.g. completion ratio, like rate) over the valid behaviors, 0 for an empty sequence.
+
+    stored [B, L, J_s] float32, mask [B, L] bool -> [B, J_s]
+    """
+    m = mask.to(stored.dtype)[..., None]  # [B, L, 1]
+    return (stored * m).sum(1) / m.sum(1).clamp_min(1.0)

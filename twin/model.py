@@ -7,9 +7,15 @@ D = A*d_k + A*d_v cached projection width.
 * `project_items(item_raw [N, F_h]) -> [N, D]`: what the projector job caches per item:
   [K_h W^h (A*d_k) | K_h W^v_h (A*d_v)]. Caching the inherent half of the values is our addition
   (the paper caches keys only): K W^v = K_h W^v_h + K_c W^v_c, so only the cross half is computed online.
-* `forward(TrainBatch) -> logits [B]`: training, from raw features. The full-sequence alpha that
-  drives the hard top-k runs without gradients; the selected behaviors are re-projected with
-  gradients through the SAME functions, so gradients reach every parameter via the ESU.
+* `forward(TrainBatch) -> logits [B, C]`: training, from raw features, C targets per sequence (one
+  request scores many candidates: the targets of one user share its sequence). The keys of all L
+  behaviors drive the hard top-k without gradients; the selected behaviors are re-projected with
+  gradients through the SAME functions, so gradients reach every parameter via the ESU. With
+  `full_lse`, alpha over all L is computed with gradients to the queries and the cross bias (its
+  log-sum-exp feeds the tower); the keys learn through the selected behaviors only, as the paper's
+  keys do (its GSU has no gradient). Gradients through all L keys too were tried first: a MovieLens
+  step (256 sequences of one target each) took ~10 s on the loaded 2-core box, against a median
+  0.7 s this way.
 * `score(ServeBatch) -> ServeOutput`: serving, from gathered cached projections; also split as
   `select` (GSU) + `finish` (ESU and tower) so the engine can time the two stages.
 
@@ -25,21 +31,23 @@ import torch
 from torch import nn
 
 from . import cpu_threads
-from .attention import attention_logits, cross_bias, esu_pool, masked_softmax, recent_topk, round_robin_topk
+from .attention import (attention_logits, cross_bias, esu_pool, full_logsumexp, masked_softmax, recent_topk,
+                        round_robin_topk)
 from .config import TwinConfig
-from .features import FeatureGroupEmbedding, context_raw, cross_ids
+from .features import FeatureGroupEmbedding, context_raw, cross_ids, sequence_means
 
 
 @dataclass
 class TrainBatch:
-    target: torch.Tensor      # [B, F_h] int64 raw inherent values of the target item
+    target: torch.Tensor      # [B, C, F_h] int64 raw inherent values of the C targets of each sequence
     seq_items: torch.Tensor   # [B, L, F_h] int64 raw inherent values of the behaviors, newest first
     seq_cross: torch.Tensor   # [B, L, J_s] float32 stored cross values
     seq_ts: torch.Tensor      # [B, L] int64 ms
     seq_mask: torch.Tensor    # [B, L] bool, True = real behavior
     now: torch.Tensor         # [B] int64 ms request time
     hist_len: torch.Tensor    # [B] int64 full history length (may exceed L)
-    label: torch.Tensor | None = None  # [B] float32
+    target_mask: torch.Tensor | None = None  # [B, C] bool, True = real target (None: all)
+    label: torch.Tensor | None = None  # [B, C] float32
 
     def to(self, device: torch.device) -> "TrainBatch":
         return TrainBatch(**{k: (v.to(device) if v is not None else None) for k, v in self.__dict__.items()})
@@ -83,6 +91,7 @@ class GsuResult:
     bias_sel: torch.Tensor   # [B, C, A, k] cross bias at the selected positions
     q_emb: torch.Tensor      # [B, C, H] candidate inherent embeddings (reused by the tower)
     cross_emb: list[torch.Tensor]  # J tensors [B, L, e_j]
+    lse_full: torch.Tensor | None = None  # [B, C, A] log-sum-exp of alpha over the full valid sequence
 
 
 def _gather_seq(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -120,7 +129,9 @@ class TwinCTR(nn.Module):
         self.st_k = nn.Linear(H + cx, cfg.d_out, bias=False)
         self.st_v = nn.Linear(H + cx, cfg.d_out, bias=False)
         ctx_dim = sum(f.dim for f in s.context)
-        dims = [H + 2 * cfg.d_out + ctx_dim + (A if cfg.evidence else 0), *cfg.mlp_dims]
+        n_stats = len(s.stored_cross_names()) if cfg.user_stats else 0
+        dims = [H + 2 * cfg.d_out + ctx_dim + (A if cfg.evidence else 0) + (A if cfg.full_lse else 0) + n_stats,
+                *cfg.mlp_dims]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]
@@ -135,6 +146,18 @@ class TwinCTR(nn.Module):
     def project_items(self, item_raw: torch.Tensor) -> torch.Tensor:
         """item_raw [..., F_h] int64 -> [..., D] = [K_h W^h | K_h W^v_h] (the projector's function)."""
         return self.w_item(self.inherent_emb(item_raw))
+
+    def _project_sequence(self, seq_items: torch.Tensor) -> torch.Tensor:
+        """project_items over a batch's behaviors, each distinct item once: seq_items [B, L, F_h] -> [B, L, D].
+        Inherent features are the item's (the paper's K_h), so the item id determines the row. Users
+        share items: a training batch of 4 lifelong histories (30,000 behaviors) holds ~12% distinct
+        ones, so the projection of all L (the largest forward cost of a step) shrinks by as much."""
+        B, L, F = seq_items.shape
+        flat = seq_items.reshape(B * L, F)
+        ids, inv = torch.unique(flat[:, 0], return_inverse=True)  # [U], [B*L]
+        first = torch.full((ids.numel(),), B * L, dtype=torch.int64).scatter_reduce_(
+            0, inv, torch.arange(B * L), "amin")  # [U] a row holding each distinct item
+        return self.project_items(flat[first])[inv].view(B, L, -1)
 
     def _split_proj(self, proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """proj [..., D] -> keys [..., A, d_k], inherent values [..., A, d_v]"""
@@ -171,8 +194,10 @@ class TwinCTR(nn.Module):
         bias_m = bias.masked_fill(~seq_mask[:, :, None], float("-inf")).permute(0, 2, 1).contiguous()  # [B, A, L]
         B, L, A, _ = keys.shape
         shape = (B, A, queries.shape[1], L)
-        if keys.device.type != "cpu":
-            # one batched GEMM (B > 1: a copy folds (B, A) into one batch dim, cheap on GPUs)
+        needs_grad = torch.is_grad_enabled() and (keys.requires_grad or queries.requires_grad or bias_m.requires_grad)
+        if keys.device.type != "cpu" or needs_grad:
+            # one batched GEMM (B > 1: a copy folds (B, A) into one batch dim, cheap on GPUs; and the
+            # path autograd can follow in training)
             return attention_logits(keys.transpose(1, 2), queries.transpose(1, 2), bias_m[:, :, None, :])
         n = math.prod(shape)
         if scratch is not None and (scratch.numel() < n or scratch.dtype != queries.dtype):
@@ -200,62 +225,69 @@ class TwinCTR(nn.Module):
         w = masked_softmax(att, recent_mask[:, None, :])
         return torch.einsum("bcs,bsd->bcd", w, v)
 
-    def _tower(self, q_emb, twin_heads, evidence, short, now, hist_len) -> torch.Tensor:
-        """-> logits [B, C]"""
+    def _tower(self, q_emb, twin_heads, evidence, short, lse_full, seq_cross, seq_mask, now, hist_len) -> torch.Tensor:
+        """-> logits [B, C]. The interest modules' outputs, the target, and what the paper's production
+        model has beside them: user/context features (hour, history length bucket, the user's mean
+        cross values over the sequence) and, with full_lse, how much of the whole sequence matches."""
+        C = q_emb.shape[1]
         parts = [q_emb, self.w_o(twin_heads), short]
         if self.cfg.evidence:
             parts.append(evidence)
+        if self.cfg.full_lse:
+            parts.append(lse_full)
+        per_user = []
         if self.context_emb is not None:
-            ctx = self.context_emb(context_raw(self.cfg.schema, now, hist_len))  # [B, ctx]
-            parts.append(ctx[:, None, :].expand(-1, q_emb.shape[1], -1))
+            per_user.append(self.context_emb(context_raw(self.cfg.schema, now, hist_len)))  # [B, ctx]
+        if self.cfg.user_stats:
+            per_user.append(sequence_means(seq_cross, seq_mask))  # [B, J_s]
+        parts += [p[:, None, :].expand(-1, C, -1) for p in per_user]
         return self.tower(torch.cat(parts, dim=-1)).squeeze(-1)
 
     # ---- training path ------------------------------------------------------------------------
     def forward(self, b: TrainBatch) -> torch.Tensor:
-        """-> logits [B] (one target per sample, C = 1)."""
+        """-> logits [B, C] (0 at masked targets)."""
         S = self.cfg.short_len
-        q_emb, queries = self._queries(b.target[:, None, :])  # [B, 1, H], [B, 1, A, d_k]
+        q_emb, queries = self._queries(b.target)  # [B, C, H], [B, C, A, d_k]
         cross_parts, bias = self._cross(b.seq_cross, b.seq_ts, b.now)  # J x [B, L, e], [B, L, A]
-        with torch.no_grad():  # the hard top-k needs alpha over all L, but no gradient through it
-            keys_all, _ = self._split_proj(self.project_items(b.seq_items))
-            alpha = self._full_alpha(keys_all, queries, bias, b.seq_mask)
-            positions, valid = self._select(alpha, b.seq_mask)  # [B, 1, k]
+        with torch.no_grad():  # keys of all L behaviors: the hard top-k needs them, without gradient
+            keys_all, _ = self._split_proj(self._project_sequence(b.seq_items))  # [B, L, A, d_k]
+        lse_full = None
+        if self.cfg.full_lse:  # alpha over all L with gradients to the queries and the cross bias
+            alpha = self._full_alpha(keys_all, queries, bias, b.seq_mask)  # [B, A, C, L]
+            lse_full = full_logsumexp(alpha)  # [B, C, A]
+            alpha = alpha.detach()
+        else:
+            with torch.no_grad():
+                alpha = self._full_alpha(keys_all, queries, bias, b.seq_mask)
+        with torch.no_grad():
+            positions, valid = self._select(alpha, b.seq_mask)  # [B, C, k]
         # Re-project only the selected behaviors, with gradients, through the same functions.
         keys_sel, vals_sel = self._split_proj(self.project_items(_gather_seq(b.seq_items, positions)))
-        bias_sel = _gather_seq(bias, positions).permute(0, 1, 3, 2)  # [B, 1, A, k]
+        bias_sel = _gather_seq(bias, positions).permute(0, 1, 3, 2)  # [B, C, A, k]
         alpha_sel = attention_logits(
-            keys_sel.permute(0, 1, 3, 2, 4),  # [B, 1, A, k, d_k]
-            queries[:, :, :, None, :],        # [B, 1, A, 1, d_k]
-            bias_sel[:, :, :, None, :],       # [B, 1, A, 1, k]
-        ).squeeze(-2)  # [B, 1, A, k]
-        cross_sel = [_gather_seq(p, positions) for p in cross_parts]  # J x [B, 1, k, e]
+            keys_sel.permute(0, 1, 3, 2, 4),  # [B, C, A, k, d_k]
+            queries[:, :, :, None, :],        # [B, C, A, 1, d_k]
+            bias_sel[:, :, :, None, :],       # [B, C, A, 1, k]
+        ).squeeze(-2)  # [B, C, A, k]
+        cross_sel = [_gather_seq(p, positions) for p in cross_parts]  # J x [B, C, k, e]
         _, heads, evidence = esu_pool(alpha_sel, vals_sel, torch.cat(cross_sel, dim=-1), self.w_v_cross.weight, valid)
         recent = torch.cat([self.inherent_emb(b.seq_items[:, :S]), *[p[:, :S] for p in cross_parts]], dim=-1)
         short = self._short_term(q_emb, recent, b.seq_mask[:, :S])
-        return self._tower(q_emb, heads, evidence, short, b.now, b.hist_len).squeeze(-1)
+        logits = self._tower(q_emb, heads, evidence, short, lse_full, b.seq_cross, b.seq_mask, b.now, b.hist_len)
+        return logits if b.target_mask is None else logits.masked_fill(~b.target_mask, 0.0)
 
     @torch.no_grad()
-    def gsu_consistency(self, b: TrainBatch, oracle_k: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
-        """Paper Fig. 4: the oracle is the model's own ESU run over the FULL sequence; its top
-        `oracle_k` behaviors (by attention weight summed over heads) vs the CP-GSU selection.
+    def esu_oracle_weights(self, b: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ESU run over the FULL sequence (paper Fig. 4's oracle), and what the GSU selected.
 
-        -> hits [B] (oracle behaviors the GSU retrieved), oracle_size [B] (min(oracle_k, valid L)).
-        """
-        _, queries = self._queries(b.target[:, None, :])
+        -> weights [B, A, C, L] (each head's softmax over every valid behavior, 0 at padding),
+           positions [B, C, k] of the CP-GSU selection (-1 = none)."""
+        _, queries = self._queries(b.target)
         _, bias = self._cross(b.seq_cross, b.seq_ts, b.now)
         keys_all, _ = self._split_proj(self.project_items(b.seq_items))
-        alpha = self._full_alpha(keys_all, queries, bias, b.seq_mask)  # [B, A, 1, L]
-        positions, valid = self._select(alpha, b.seq_mask)  # [B, 1, k]
-        weight = masked_softmax(alpha, b.seq_mask[:, None, None, :]).sum(1)[:, 0]  # [B, L]
-        kk = min(oracle_k, weight.shape[-1])
-        oracle = weight.masked_fill(~b.seq_mask, -1.0).topk(kk, dim=-1).indices  # [B, kk]
-        oracle_size = b.seq_mask.sum(-1).clamp_max(kk)
-        in_oracle = torch.zeros_like(b.seq_mask)
-        in_oracle.scatter_(1, oracle, True)
-        in_oracle &= b.seq_mask
-        sel = positions[:, 0].clamp_min(0)
-        hits = (in_oracle.gather(1, sel) & valid[:, 0]).sum(-1)
-        return hits, oracle_size
+        alpha = self._full_alpha(keys_all, queries, bias, b.seq_mask)  # [B, A, C, L]
+        positions, _ = self._select(alpha, b.seq_mask)
+        return masked_softmax(alpha, b.seq_mask[:, None, None, :]), positions
 
     # ---- serving path -------------------------------------------------------------------------
     def select(self, b: ServeBatch, scratch: torch.Tensor | None = None) -> GsuResult:
@@ -271,7 +303,8 @@ class TwinCTR(nn.Module):
         idx = positions.clamp_min(0)[:, None].expand(-1, self.cfg.n_heads, -1, -1)  # [B, A, C, k]
         alpha_sel = alpha.gather(-1, idx).transpose(1, 2)  # [B, C, A, k]
         bias_sel = _gather_seq(bias, positions).permute(0, 1, 3, 2)  # [B, C, A, k]
-        return GsuResult(positions, valid, alpha_sel, bias_sel, q_emb, cross_parts)
+        lse_full = full_logsumexp(alpha) if self.cfg.full_lse else None
+        return GsuResult(positions, valid, alpha_sel, bias_sel, q_emb, cross_parts, lse_full)
 
     def finish(self, b: ServeBatch, g: GsuResult, explain: bool = False) -> ServeOutput:
         """ESU over the selected behaviors, short-term module and tower."""
@@ -285,7 +318,8 @@ class TwinCTR(nn.Module):
         recent = torch.cat([self.inherent_emb(b.recent_items), *recent_cross], dim=-1)  # [B, S, H+Cx]
         recent_mask = b.seq_mask[:, :S]
         short = self._short_term(g.q_emb, recent, recent_mask)
-        logits = self._tower(g.q_emb, heads, evidence, short, b.now, b.hist_len).masked_fill(~b.cand_mask, 0.0)
+        logits = self._tower(g.q_emb, heads, evidence, short, g.lse_full, b.seq_cross, b.seq_mask, b.now,
+                             b.hist_len).masked_fill(~b.cand_mask, 0.0)
         ex = None
         if explain:  # the projection term is alpha minus the bias; 0 where nothing was selected
             keep = g.valid[:, :, None, :]
