@@ -111,7 +111,8 @@ def test_oracle_logit_is_the_noiseless_click_logit_of_the_latent_state(tiny):
     np.testing.assert_allclose(smp["oracle_logit"][pick], want, rtol=1e-6, atol=1e-5)
     # and the histories written are the ones of that latent state
     b_users, b_counts = np.unique(_table(tiny / "behaviors.parquet")["user_id"], return_counts=True)
-    assert (b_counts[:cfg.users_per_chunk] == users.hist_len).all() and (smp["hist_len"][pick] == users.hist_len[row]).all()
+    assert (b_counts[:cfg.users_per_chunk] == users.hist_len).all()
+    assert (smp["hist_len"][pick] == users.hist_len[row]).all()
 
 
 def test_a_category_covers_several_topics_and_a_topic_spans_several_categories():
@@ -202,3 +203,17 @@ def test_lifelong_preset_reaches_twin_scale_histories():
 def test_config_refuses_too_few_authors_for_the_topics():
     with pytest.raises(ValueError, match="n_authors >= n_topics"):
         preset("tiny", n_authors=50)
+
+
+def test_cli_generates_either_family(tmp_path, capsys):
+    from training.cli import main
+
+    assert main(["generate", "--family", "topics", "--preset", "tiny", "--users", "40",
+                 "--out", str(tmp_path / "t")]) == 0
+    meta = json.loads((tmp_path / "t" / "schema.json").read_text())["meta"]
+    assert meta["family"] == "topics" and meta["config"]["n_users"] == 40 and meta["config"]["topics_per_category"] == 4
+    assert main(["generate", "--preset", "tiny", "--users", "40", "--out", str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "schema.json").read_text())["meta"]["family"] == "categories"
+    with pytest.raises(SystemExit):
+        main(["generate", "--family", "topics", "--preset", "bench", "--out", str(tmp_path / "x")])
+    assert "has no preset 'bench'" in capsys.readouterr().err
