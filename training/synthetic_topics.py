@@ -55,7 +55,9 @@ interest by weight, a favourite author's item with probability p_author, play_ra
 the draw of an interest's own item: a topic with probability proportional to its total popularity x
 r_k(c_t) (users browse the topics near their interest, by appeal at the topic's centre; with these
 spreads almost always t_k itself), then an item of that topic by popularity. Where an item lies
-inside its topic shows in play_ratio, liked and the click, not in what is consumed.
+inside its topic shows in play_ratio, liked and the click, not in what is consumed. The formulas
+being synthetic.py's and the affinity smaller, likes are rarer here (2.5% of behaviors on `ci`,
+against 11% there) and completion lower (mean play_ratio 0.49 against 0.66).
 
 Samples: as synthetic.py (the same code: one request per user, target kinds, the click logit,
 `oracle_logit`, `target_kind`), except that an interest's target (kinds active and dormant) comes,
