@@ -5,6 +5,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.synthetic_checks import check_reproducible, check_user_splits
+from training import synthetic
 from training.synthetic import (
     GroupSampler, PRESETS, affinity, generate, make_behaviors, make_catalog, make_users, preset,
 )
@@ -23,11 +25,7 @@ def _table(path):
 
 
 def test_same_seed_same_data_other_seed_other_data(tiny, tmp_path):
-    generate(preset("tiny"), tmp_path / "again", progress=False)
-    generate(preset("tiny", seed=1), tmp_path / "other", progress=False)
-    for name in ("items.parquet", "behaviors.parquet", "samples.parquet"):
-        assert pq.read_table(tiny / name).equals(pq.read_table(tmp_path / "again" / name)), name
-        assert not pq.read_table(tiny / name).equals(pq.read_table(tmp_path / "other" / name)), name
+    check_reproducible(synthetic, tiny, tmp_path)
 
 
 def test_structure_follows_the_contract(tiny):
@@ -55,12 +53,7 @@ def test_structure_follows_the_contract(tiny):
 
 
 def test_splits_are_disjoint_by_user_and_80_10_10(tiny):
-    smp = _table(tiny / "samples.parquet")
-    by_split = {s: set(smp["user_id"][smp["split"] == s].tolist()) for s in ("train", "val", "test")}
-    assert not (by_split["train"] & by_split["val"]) and not (by_split["train"] & by_split["test"])
-    assert not (by_split["val"] & by_split["test"])
-    n = PRESETS["tiny"].n_users
-    assert [len(by_split[s]) for s in ("train", "val", "test")] == [int(0.8 * n), int(0.1 * n), n - int(0.9 * n)]
+    check_user_splits(_table(tiny / "samples.parquet"), PRESETS["tiny"].n_users)
 
 
 def test_labels_carry_dormant_interests_that_recent_behaviors_miss(tiny):

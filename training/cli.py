@@ -1,6 +1,7 @@
 """Command line of the training package.
 
     python -m training.cli generate --preset ci --out data/ci
+    python -m training.cli generate --family topics --preset lifelong --out data/topics_lifelong
     python -m training.cli train --data data/ci --out-registry artifacts/registry --report reports/train_ci.md
     python -m training.cli train-movielens --data data/movielens --out-registry artifacts/registry \\
         --report reports/train_movielens.md
@@ -19,11 +20,13 @@ from pathlib import Path
 
 import torch
 
-from training import baselines, movielens, report, synthetic
+from training import baselines, movielens, report, synthetic, synthetic_topics
 from training.dataset import load_dataset
 from training.trainer import VARIANTS, TrainSettings, run_comparison, settings_dict
 
 log = logging.getLogger(__name__)
+
+FAMILIES = {"categories": synthetic, "topics": synthetic_topics}  # generator modules by family
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -113,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     g = sub.add_parser("generate", help="write a synthetic lifelong data set")
-    g.add_argument("--preset", default="ci", choices=sorted(synthetic.PRESETS))
+    g.add_argument("--family", default="categories", choices=sorted(FAMILIES),
+                   help="categories: interests are categories (training/synthetic.py); topics: finer latent "
+                        "interests (training/synthetic_topics.py)")
+    g.add_argument("--preset", default="ci", choices=sorted({p for f in FAMILIES.values() for p in f.PRESETS}))
     g.add_argument("--out", required=True)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--users", type=int, help="override the preset's user count")
@@ -133,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.cmd == "generate":
         over = {"seed": a.seed} | ({"n_users": a.users} if a.users else {})
-        meta = synthetic.generate(synthetic.preset(a.preset, **over), a.out)
+        gen = FAMILIES[a.family]
+        if a.preset not in gen.PRESETS:
+            g.error(f"family {a.family} has no preset {a.preset!r}; choose one of {sorted(gen.PRESETS)}")
+        meta = gen.generate(gen.preset(a.preset, **over), a.out)
         print(f"wrote {a.out}: {meta['n_behaviors']} behaviors, {meta['n_samples']} samples, "
               f"{meta['positive_rate']:.3f} positive")
         return 0

@@ -41,8 +41,8 @@ Behaviors (the lifelong sequence; cross features K_c = play_ratio, liked, and th
   * liked ~ Bernoulli(sigmoid(-5.5 + 1.2 a + 2 (play_ratio - 0.5))): likes are rare (~10%).
 
 Samples (a click label for a (user, target) pair at request time, after the whole history)
-  * one request per user: its `samples_per_user` targets are scored at one request time, drawn
-    U(1 min, 1 day) after the user's last behavior (an impression list, as the service scores it);
+  * one request per user: all its samples share the time t_end + U(1 min, 1 day) (one impression
+    list scored at once);
   * targets: 30% from an active interest, 20% from a dormant interest (the share moves to active
     interests for users without one), 30% by global popularity, 20% uniform; interest targets
     are drawn like behaviors. This mix makes labels roughly balanced (about 50% positive);
@@ -53,7 +53,12 @@ Samples (a click label for a (user, target) pair at request time, after the whol
   So the label depends on the dormant interests, which only the older part of the history shows:
   a model restricted to the 100 most recent behaviors cannot see them, one reading the whole
   history can. The sample column `target_kind` (0 active, 1 dormant, 2 popular, 3 uniform) is
-  kept for analysis; models must not read it.
+  kept for analysis; models must not read it (nor `oracle_logit`).
+
+This is the `categories` family: interests are categories. A `Family` swaps the catalog, the users'
+interests, the affinity and the draw of an interest's item (and, optionally, of its targets) and keeps
+everything else above; training/synthetic_topics.py is the family whose interests are finer than
+categories.
 
 Item statistic (an inherent feature, as a production catalog would carry it)
   * views = how many behaviors in the whole data set are of the item (every user's history; no
@@ -67,6 +72,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -215,6 +221,13 @@ def make_catalog(cfg: SyntheticConfig, rng: np.random.Generator) -> Catalog:
     author = rng.choice(n_a, n, p=author_size / author_size.sum()) + 1  # [N]
     off_home = rng.random(n) < 0.1
     category = np.where(off_home, rng.integers(1, n_c + 1, n), home[author - 1])
+    return _finish_catalog(cfg, author, category, rng)
+
+
+def _finish_catalog(cfg: SyntheticConfig, author: np.ndarray, category: np.ndarray,
+                    rng: np.random.Generator) -> Catalog:
+    """Durations, popularity and samplers of items whose authors and categories are drawn."""
+    n, n_a, n_c = len(author), cfg.n_authors, cfg.n_categories
     cat_len = np.exp(rng.uniform(np.log(8.0), np.log(600.0), n_c + 1))
     duration = np.clip(np.rint(cat_len[category] * rng.lognormal(0.0, 0.6, n)), 1, 3600).astype(np.int64)
     rank = rng.permutation(n) + 1
@@ -260,9 +273,7 @@ class Users:
 
 def make_users(cfg: SyntheticConfig, cat: Catalog, ids: np.ndarray, rng: np.random.Generator) -> Users:
     u, kk = len(ids), MAX_INTERESTS
-    hist = np.clip(np.rint(rng.lognormal(np.log(cfg.hist_median), cfg.hist_sigma, u)), cfg.hist_min, cfg.hist_cap)
-    span = np.clip(rng.lognormal(np.log(cfg.span_days), 0.5, u), 30.0, 3 * cfg.span_days) * MS_PER_DAY
-    t_end = T_END_MS - rng.integers(0, 7 * MS_PER_DAY, u)
+    hist, t_start, t_end = _history(cfg, u, rng)
     n_int = np.minimum(1 + rng.poisson(3.0, u), kk)
     valid = np.arange(kk)[None, :] < n_int[:, None]  # [U, K]
     # K distinct categories per user by popularity: Gumbel top-k over log weights.
@@ -273,19 +284,32 @@ def make_users(cfg: SyntheticConfig, cat: Catalog, ids: np.ndarray, rng: np.rand
     fav = cat.author[fav_items].reshape(u, kk, N_FAV_AUTHORS)
     w = rng.gamma(1.0, size=(u, kk)) * valid
     w /= w.sum(axis=1, keepdims=True)
-    dormant = valid & (rng.random((u, kk)) < cfg.p_dormant)
-    dormant[:, 0] = False  # interest 0 lives all along
-    d_end = rng.uniform(0.25, 0.7, (u, kk))
-    d_start = np.clip(d_end - rng.uniform(0.15, 0.5, (u, kk)), 0.0, None)
-    a_start = np.where(rng.random((u, kk)) < 0.5, 0.0, rng.uniform(0.0, 0.8, (u, kk)))
-    a_start[:, 0] = 0.0
+    start, end = _lifetimes(cfg, valid, rng)
     return Users(
-        ids=ids, hist_len=hist.astype(np.int64), t_start=(t_end - span).astype(np.int64), t_end=t_end,
+        ids=ids, hist_len=hist, t_start=t_start, t_end=t_end,
         valid=valid, cat=icat, fav=fav, weight=w, gain=(0.5 + 0.5 * n_int[:, None] * w) * valid,
-        p_author=rng.uniform(0.3, 0.7, (u, kk)),
-        start=np.where(dormant, d_start, a_start), end=np.where(dormant, d_end, 1.0),
-        bias=rng.normal(0.0, 0.3, u),
+        p_author=rng.uniform(0.3, 0.7, (u, kk)), start=start, end=end, bias=rng.normal(0.0, 0.3, u),
     )
+
+
+def _history(cfg: SyntheticConfig, u: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """History length, start and end (ms) of `u` users."""
+    hist = np.clip(np.rint(rng.lognormal(np.log(cfg.hist_median), cfg.hist_sigma, u)), cfg.hist_min, cfg.hist_cap)
+    span = np.clip(rng.lognormal(np.log(cfg.span_days), 0.5, u), 30.0, 3 * cfg.span_days) * MS_PER_DAY
+    t_end = T_END_MS - rng.integers(0, 7 * MS_PER_DAY, u)
+    return hist.astype(np.int64), (t_end - span).astype(np.int64), t_end
+
+
+def _lifetimes(cfg: SyntheticConfig, valid: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end [U, K] of each interest on the user's tau axis (dormant / active / drift)."""
+    shape = valid.shape
+    dormant = valid & (rng.random(shape) < cfg.p_dormant)
+    dormant[:, 0] = False  # interest 0 lives all along
+    d_end = rng.uniform(0.25, 0.7, shape)
+    d_start = np.clip(d_end - rng.uniform(0.15, 0.5, shape), 0.0, None)
+    a_start = np.where(rng.random(shape) < 0.5, 0.0, rng.uniform(0.0, 0.8, shape))
+    a_start[:, 0] = 0.0
+    return np.where(dormant, d_start, a_start), np.where(dormant, d_end, 1.0)
 
 
 def affinity(users: Users, cat: Catalog, row: np.ndarray, item: np.ndarray) -> np.ndarray:
@@ -295,16 +319,38 @@ def affinity(users: Users, cat: Catalog, row: np.ndarray, item: np.ndarray) -> n
     return (users.gain[row] * cat_match * (1.0 + author_match)).sum(axis=1)
 
 
-def _item_from_interest(users: Users, cat: Catalog, row: np.ndarray, k: np.ndarray,
-                        rng: np.random.Generator) -> np.ndarray:
-    """One item per (user row, interest k): a favourite author's item or a category item."""
+def _category_item(users: Users, cat: Catalog, row: np.ndarray, k: np.ndarray,
+                   rng: np.random.Generator) -> np.ndarray:
+    """One item of interest k's category per user row, by popularity."""
+    c = users.cat[row, k]
+    return cat.by_category.sample(c, rng.random(len(c)))
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a generator family defines. Everything else (behavior times, exploration, cross
+    features, targets, labels, splits, files) is this module's, shared by every family."""
+
+    name: str
+    make_catalog: Callable  # (cfg, rng) -> Catalog
+    make_users: Callable  # (cfg, catalog, ids, rng) -> Users
+    affinity: Callable  # (users, catalog, row [n], item [n]) -> a(u, i) [n]
+    interest_item: Callable  # (users, catalog, row [n], k [n], rng) -> item [n] of interest k, not via an author
+    interest_target: Callable | None = None  # same + family -> a target of interest k; None: drawn like behaviors
+
+
+CATEGORIES = Family("categories", make_catalog, make_users, affinity, _category_item)
+
+
+def _item_from_interest(users: Users, cat: Catalog, row: np.ndarray, k: np.ndarray, rng: np.random.Generator,
+                        family: Family = CATEGORIES) -> np.ndarray:
+    """One item per (user row, interest k): a favourite author's item or one of the interest's own."""
     n = len(row)
     by_author = rng.random(n) < users.p_author[row, k]
     out = np.empty(n, dtype=np.int64)
     a = users.fav[row[by_author], k[by_author], rng.integers(0, N_FAV_AUTHORS, by_author.sum())]
     out[by_author] = cat.by_author.sample(a, rng.random(len(a)))
-    c = users.cat[row[~by_author], k[~by_author]]
-    out[~by_author] = cat.by_category.sample(c, rng.random(len(c)))
+    out[~by_author] = family.interest_item(users, cat, row[~by_author], k[~by_author], rng)
     return out
 
 
@@ -314,7 +360,8 @@ def _pick(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum((cum < (u * cum[:, -1])[:, None]).sum(axis=1), weights.shape[1] - 1)
 
 
-def make_behaviors(cfg: SyntheticConfig, cat: Catalog, users: Users, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def make_behaviors(cfg: SyntheticConfig, cat: Catalog, users: Users, rng: np.random.Generator,
+                   family: Family = CATEGORIES) -> dict[str, np.ndarray]:
     row = np.repeat(np.arange(len(users.ids)), users.hist_len)  # [n] user row of each behavior
     n = len(row)
     tau = np.sort(row + rng.random(n)) - row  # sorted within each user (rows are contiguous)
@@ -325,8 +372,8 @@ def make_behaviors(cfg: SyntheticConfig, cat: Catalog, users: Users, rng: np.ran
     item[explore] = cat.by_pop.sample(np.zeros(explore.sum(), dtype=np.int64), rng.random(explore.sum()))
     ir = np.flatnonzero(~explore)
     k = _pick(w[ir], rng.random(len(ir)))
-    item[ir] = _item_from_interest(users, cat, row[ir], k, rng)
-    a = affinity(users, cat, row, item)
+    item[ir] = _item_from_interest(users, cat, row[ir], k, rng, family)
+    a = family.affinity(users, cat, row, item)
     play = _sigmoid(-0.8 + 1.2 * a - 0.35 * np.log(cat.duration_s[item] / 30.0) + rng.normal(0.0, 0.8, n))
     liked = rng.random(n) < _sigmoid(-5.5 + 1.2 * a + 2.0 * (play - 0.5))
     span = (users.t_end - users.t_start)[row]
@@ -340,7 +387,7 @@ def make_behaviors(cfg: SyntheticConfig, cat: Catalog, users: Users, rng: np.ran
 
 
 def make_samples(cfg: SyntheticConfig, cat: Catalog, users: Users, split: np.ndarray,
-                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+                 rng: np.random.Generator, family: Family = CATEGORIES) -> dict[str, np.ndarray]:
     s = cfg.samples_per_user
     row = np.repeat(np.arange(len(users.ids)), s)
     n = len(row)
@@ -348,22 +395,23 @@ def make_samples(cfg: SyntheticConfig, cat: Catalog, users: Users, split: np.nda
     has_dormant = users.dormant.any(axis=1)[row]
     kind[(kind == 1) & ~has_dormant] = 0
     item = np.empty(n, dtype=np.int64)
+    target = family.interest_target or _item_from_interest
     for kd, mask in ((0, users.active), (1, users.dormant)):
         sel = np.flatnonzero(kind == kd)
         k = _pick(users.weight[row[sel]] * mask[row[sel]], rng.random(len(sel)))
-        item[sel] = _item_from_interest(users, cat, row[sel], k, rng)
+        item[sel] = target(users, cat, row[sel], k, rng, family)
     sel = np.flatnonzero(kind == 2)
     item[sel] = cat.by_pop.sample(np.zeros(len(sel), dtype=np.int64), rng.random(len(sel)))
     sel = np.flatnonzero(kind == 3)
     item[sel] = rng.integers(0, cat.n, len(sel))
-    a = affinity(users, cat, row, item)
-    oracle = -2.3 + 1.5 * a + 0.25 * cat.z_pop[item] + users.bias[row]
-    label = rng.random(n) < _sigmoid(oracle + rng.normal(0.0, 0.5, n))
-    request_ts = users.t_end + rng.integers(60_000, MS_PER_DAY, len(users.ids))  # [U] after the whole history
+    oracle = -2.3 + 1.5 * family.affinity(users, cat, row, item) + 0.25 * cat.z_pop[item] + users.bias[row]
+    logit = oracle + rng.normal(0.0, 0.5, n)
+    label = rng.random(n) < _sigmoid(logit)
+    request = users.t_end + rng.integers(60_000, MS_PER_DAY, len(users.ids))  # [U] after the whole history
     return {
         "user_id": users.ids[row],
         "item_id": item + 1,
-        "ts": request_ts[row],
+        "ts": request[row],
         "label": label.astype(np.int8),
         "hist_len": users.hist_len[row],
         "split": np.asarray(SPLITS, dtype=object)[split[row]],
@@ -392,11 +440,11 @@ def _sample_schema() -> pa.Schema:
                       ("target_kind", pa.int8()), ("oracle_logit", pa.float32())])
 
 
-def generate(cfg: SyntheticConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """Write a data set to `out_dir` (docs/contracts.md format); returns the `meta` dict."""
+def generate(cfg: SyntheticConfig, out_dir: str | Path, progress: bool = True, family: Family = CATEGORIES) -> dict:
+    """Write a data set of `family` to `out_dir` (docs/contracts.md format); returns the `meta` dict."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cat = make_catalog(cfg, np.random.default_rng(np.random.SeedSequence([cfg.seed, 0])))
+    cat = family.make_catalog(cfg, np.random.default_rng(np.random.SeedSequence([cfg.seed, 0])))
     schema = synthetic_schema(cfg.n_items + 1, cfg.n_authors + 1, cfg.n_categories + 1)
     views = np.zeros(cat.n + 1, np.int64)  # [N + 1] behaviors per item id
     split = user_splits(cfg.n_users, cfg.seed)
@@ -407,9 +455,9 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path, progress: bool = True) -
         for ci, lo in enumerate(tqdm(starts, desc="users", unit="chunk", disable=not progress)):
             rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1, ci]))
             ids = np.arange(lo, min(lo + cfg.users_per_chunk, cfg.n_users), dtype=np.int64) + 1
-            users = make_users(cfg, cat, ids, rng)
-            beh = make_behaviors(cfg, cat, users, rng)
-            smp = make_samples(cfg, cat, users, split[ids - 1], rng)
+            users = family.make_users(cfg, cat, ids, rng)
+            beh = make_behaviors(cfg, cat, users, rng, family)
+            smp = make_samples(cfg, cat, users, split[ids - 1], rng, family)
             bw.write_table(pa.table(beh, schema=_beh_schema()))
             sw.write_table(pa.table(smp, schema=_sample_schema()))
             views += np.bincount(beh["item_id"], minlength=cat.n + 1)
@@ -419,8 +467,8 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path, progress: bool = True) -
     items = pa.table({"item_id": np.arange(1, cat.n + 1, dtype=np.int64), "author_id": cat.author,
                       "category": cat.category, "duration_s": cat.duration_s, "views": views[1:]})
     pq.write_table(items, out / "items.parquet")
-    meta = {"source": "synthetic", "config": asdict(cfg), "n_behaviors": n_beh, "n_samples": n_samples,
-            "positive_rate": n_pos / max(n_samples, 1)}
+    meta = {"source": "synthetic", "family": family.name, "config": asdict(cfg), "n_behaviors": n_beh,
+            "n_samples": n_samples, "positive_rate": n_pos / max(n_samples, 1)}
     (out / "schema.json").write_text(json.dumps({**schema.to_dict(), "meta": meta}, indent=1))
     log.info("synthetic data in %s: %d behaviors, %d samples, %.3f positive", out, n_beh, n_samples,
              meta["positive_rate"])
