@@ -21,6 +21,8 @@ import argparse
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -40,21 +42,22 @@ DEFAULT_DATA = Path("var/demo_data")
 
 
 def train_demo_model(registry: ModelRegistry, data_dir: Path, users: int) -> str:
-    from training import synthetic
-    from training.dataset import load_dataset
-    from training.trainer import TrainSettings, run_comparison
-
+    """Generate the demo data set and train the demo model with the training package's CLI, in a
+    child process (serving does not import the trainer): its full setup (early stopping on
+    validation), the plain references measured beside it and written into the manifest's metrics."""
+    cli = [sys.executable, "-m", "training.cli"]
     if not (data_dir / "samples.parquet").exists():
         print(f"generating the synthetic 'ci' data set ({users} users) into {data_dir} ...")
-        synthetic.generate(synthetic.preset("ci", n_users=users), data_dir, progress=True)
-    data = load_dataset(data_dir)
-    print("training a small demo TWIN model (1 epoch) ...")
-    settings = TrainSettings(epochs=1, max_len=1_000, evals_per_epoch=1, progress=True)
-    best = run_comparison(data, ("twin",), settings)[0]
-    metrics = {f"test_{k}": float(v) for k, v in best.test.items()}
-    version = registry.publish(best.model, metrics=metrics, data_fingerprint=data.fingerprint, notes="demo bootstrap")
-    registry.activate(version)
-    print(f"published and activated demo model {version}: {metrics}")
+        subprocess.run([*cli, "generate", "--preset", "ci", "--users", str(users), "--out", str(data_dir)], check=True)
+    print("training a small demo TWIN model (early stopping on validation) ...")
+    subprocess.run([*cli, "train", "--data", str(data_dir), "--variants", "twin", "--out-registry", str(registry.root),
+                    "--activate", "--max-len", "2000", "--epochs", "10", "--evals-per-epoch", "1", "--patience", "2",
+                    "--threads", str(torch.get_num_threads())], check=True)
+    version = registry.active()
+    if version is None:
+        raise RuntimeError(f"the demo training published no active model in {registry.root}")
+    m = registry.get(version).metrics
+    print(f"published and activated demo model {version}: test AUC {m['test_auc']:.4f}, GAUC {m['test_gauc']:.4f}")
     return version
 
 
@@ -178,10 +181,9 @@ def run_bootstrap(settings: Settings, data_dir: Path = DEFAULT_DATA, users: int 
         print(f"active model {version} does not load with this code ({e}); training a fresh demo model")
         version = train_demo_model(registry, data_dir, users)
     if not (data_dir / "items.parquet").exists():
-        from training import synthetic
-
         print(f"generating the synthetic 'ci' data set into {data_dir} for the catalog and behavior logs ...")
-        synthetic.generate(synthetic.preset("ci", n_users=users), data_dir, progress=True)
+        subprocess.run([sys.executable, "-m", "training.cli", "generate", "--preset", "ci", "--users", str(users),
+                        "--out", str(data_dir)], check=True)
     info = asyncio.run(load_stores(settings, registry, version, data_dir, world))
     body = {"user_id": info["demo_user"], "candidates": [{"item_id": i} for i in info["demo_items"]], "explain": False}
     if info["world"] is None:
