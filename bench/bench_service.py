@@ -45,7 +45,7 @@ from service.settings import Settings
 from service.seeding import load_catalog, load_histories, project
 from training.schemas import synthetic_schema
 from twin.config import TwinConfig
-from twin.cpu_threads import set_cpu_threads
+from twin.kernels.cpu_threads import set_cpu_threads
 from twin.model import ServeBatch, TwinCTR
 
 L, C, K, HEADS = 10_000, 100, 100, 4

@@ -130,6 +130,9 @@ class TwinConfig:
     # Beyond the paper: feed the tower the per-head log-sum-exp of alpha over the selected behaviors.
     # The softmax average tells WHAT matched but not how much of the history did.
     evidence: bool = True
+    # CP-GSU also returns the per-head log-sum-exp of alpha over the FULL valid sequence (GsuResult.lse_full,
+    # computed in the selection pass): the intensity signal of the whole history.
+    full_lse: bool = False
     # N(0, std) init of every embedding table. 0.05 left alpha flat (keys ~0.03) and the attention
     # barely learned on the ci preset (TWIN 0.745 AUC = recent-100); 0.3 gave 0.773 vs 0.760.
     emb_init_std: float = 0.3

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import cpu_threads
-from .attention import attention_logits, cross_bias, esu_pool, masked_softmax, recent_topk, round_robin_topk
+from .attention import attention_logits, cross_bias, esu_pool, masked_softmax, recent_topk, round_robin_select
+from .kernels import cpu_threads
+from .kernels.torch_gsu import full_lse, gather_alpha
 from .config import TwinConfig
 from .features import FeatureGroupEmbedding, context_raw, cross_ids
 
@@ -83,6 +84,9 @@ class GsuResult:
     bias_sel: torch.Tensor   # [B, C, A, k] cross bias at the selected positions
     q_emb: torch.Tensor      # [B, C, H] candidate inherent embeddings (reused by the tower)
     cross_emb: list[torch.Tensor]  # J tensors [B, L, e_j]
+    # [B, C, A] log-sum-exp of alpha over the FULL valid sequence (0 if none): how much of the history
+    # matches, which the softmax over the k selected hides. Filled when cfg.full_lse, else None.
+    lse_full: torch.Tensor | None = None
 
 
 def _gather_seq(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -188,9 +192,20 @@ class TwinCTR(nn.Module):
 
     def _select(self, alpha: torch.Tensor, seq_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """alpha [B, A, C, L] -> positions, valid [B, C, k]"""
+        positions, valid, _, _ = self._gsu(alpha, seq_mask)
+        return positions, valid
+
+    def _gsu(self, alpha: torch.Tensor, seq_mask: torch.Tensor, want_lse: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """alpha [B, A, C, L], seq_mask [B, L] -> positions, valid [B, C, k], alpha_sel [B, C, A, k]
+        (alpha at the positions), lse [B, C, A] over the full valid sequence (None unless want_lse)."""
         if self.cfg.gsu == "recent":
-            return recent_topk(seq_mask, alpha.shape[2], self.cfg.top_k)
-        return round_robin_topk(alpha, self.cfg.top_k)
+            positions, valid = recent_topk(seq_mask, alpha.shape[2], self.cfg.top_k)
+            return positions, valid, gather_alpha(alpha, positions), full_lse(alpha) if want_lse else None
+        L = seq_mask.shape[1]
+        # behaviors lie in a prefix; the kernel scans up to the last valid one (-inf marks any hole)
+        lengths = torch.where(seq_mask.any(1), L - seq_mask.flip(1).to(torch.int8).argmax(1), 0)
+        return round_robin_select(alpha, self.cfg.top_k, lengths.cpu(), want_lse)
 
     def _short_term(self, q_emb, recent_emb, recent_mask) -> torch.Tensor:
         """q_emb [B, C, H], recent_emb [B, S, H+Cx], recent_mask [B, S] -> [B, C, d_out]"""
@@ -267,11 +282,9 @@ class TwinCTR(nn.Module):
         cross_parts, bias = self._cross(b.seq_cross, b.seq_ts, b.now)
         keys, _ = self._split_proj(b.seq_proj)  # [B, L, A, d_k] view; only this half is converted
         alpha = self._full_alpha(keys, queries, bias, b.seq_mask, scratch)  # [B, A, C, L]
-        positions, valid = self._select(alpha, b.seq_mask)
-        idx = positions.clamp_min(0)[:, None].expand(-1, self.cfg.n_heads, -1, -1)  # [B, A, C, k]
-        alpha_sel = alpha.gather(-1, idx).transpose(1, 2)  # [B, C, A, k]
+        positions, valid, alpha_sel, lse = self._gsu(alpha, b.seq_mask, self.cfg.full_lse)
         bias_sel = _gather_seq(bias, positions).permute(0, 1, 3, 2)  # [B, C, A, k]
-        return GsuResult(positions, valid, alpha_sel, bias_sel, q_emb, cross_parts)
+        return GsuResult(positions, valid, alpha_sel, bias_sel, q_emb, cross_parts, lse)
 
     def finish(self, b: ServeBatch, g: GsuResult, explain: bool = False) -> ServeOutput:
         """ESU over the selected behaviors, short-term module and tower."""

@@ -16,7 +16,7 @@ import torch
 from service.engine.buckets import bucket_for
 from service.engine.request import ScoreInputs, ScoreResult
 from service.engine.slot import ModelSlot
-from twin import cpu_threads
+from twin.kernels import cpu_threads
 from twin.model import ServeBatch
 
 

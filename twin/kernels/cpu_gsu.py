@@ -1,0 +1,222 @@
+"""CP-GSU on the CPU as one compiled pass per candidate: per-head top-k, the round-robin union, alpha
+at the union, and (optionally) the log-sum-exp of alpha over the whole sequence.
+
+Contract (`select_cpu`): alpha [B, A, C, L] float32 C-contiguous (-inf at padded behaviors), lengths
+[B] int64 (user b's behaviors lie in positions < lengths[b]; -inf inside that prefix is padding too).
+Returns exactly what `twin.kernels.torch_gsu.select_torch` returns on the same alpha:
+  positions [B, C, k] int64: the union in round-robin order (rank 1 of heads 0..A-1, rank 2, ...),
+            -1 after the last one when fewer than k valid behaviors exist;
+  alpha_sel [B, C, A, k] float32: alpha of every head at those positions (0 where -1);
+  lse       [B, C, A] float32 or None: log sum_l exp(alpha[b, a, c, l]) over the valid l (0 when none).
+Each head's ranking is value descending, then position ascending (ties keep the newer behavior), the
+same rule as `torch.topk` followed by a stable sort; tests pin the two against a plain reference.
+
+How one row x = alpha[b, a, c, :n] is ranked without sorting it (n = 10,000, kk = 100 at W1):
+ 1. group maxima: the row seen as [s, G] (G = 2 kk groups, group g = columns g, g + G, ...) and
+    maximised over s: one vectorised read pass, the only one that touches all n values;
+ 2. t = the kk-th largest group maximum (a quickselect on G = 200 floats). kk distinct entries are
+    >= t, so t is a lower bound of the row's kk-th value: exact, not a heuristic;
+ 3. a compare pass (32 lanes at a time, as a bit mask) keeps the entries >= t: ~1.3 kk of them for
+    continuous values, all the tied ones when many equal t (a user who repeated an item);
+ 4. their (value, position) order keys (one int64 each, unique) are partially selected to kk and
+    sorted.
+Measured at W1 (B = 1, C = 100, 4 heads) on one core of the 2-core dev box: see `make bench`
+(part "kernels"); the figures and the alternatives tried are in docs/benchmarks.md.
+
+numba compiles these functions on first use (cache=True: once per machine, ~10 s) and runs them
+without the GIL, so `twin.kernels.cpu_threads` splits the candidates over plain threads.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+
+from twin.kernels import cpu_threads
+from twin.kernels.simd import MASK_LANES, f32_as_i32, ge_mask, i32_as_f32, lowest_bit
+
+NEG_INF = np.float32(-np.inf)
+MIN_ROWS_PER_THREAD = 16  # candidates: below this a second thread costs more than it saves
+
+
+@njit(inline="always")
+def _order_key(v, pos):
+    """(float32 value, position) -> int64, larger = (value desc, position asc); unique per position.
+    -0.0 is folded into +0.0 (they compare equal)."""
+    b = f32_as_i32(v)
+    if b == np.int32(-2147483648):
+        b = np.int32(0)
+    mono = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))  # same order as the floats
+    return (np.int64(mono) << 32) + (np.int64(0xFFFFFFFF) - np.int64(pos))
+
+
+@njit(inline="always")
+def _key_pos(key):
+    return np.int64(0xFFFFFFFF) - (key & np.int64(0xFFFFFFFF))
+
+
+@njit(nogil=True, cache=True)
+def _partition_largest(a, n, kk):
+    """Reorder a[:n] (1 <= kk <= n) so that a[:kk] hold its kk largest; -> the kk-th largest.
+    Quickselect (Hoare partition, median-of-three pivot); compiled once per dtype (float32, int64)."""
+    lo, hi, want = 0, n - 1, kk - 1  # want: index in descending order
+    while hi > lo:
+        x, y, z = a[lo], a[(lo + hi) >> 1], a[hi]
+        p = max(min(x, y), min(max(x, y), z))
+        i, j = lo, hi
+        while i <= j:
+            while a[i] > p:
+                i += 1
+            while a[j] < p:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if want <= j:
+            hi = j
+        elif want >= i:
+            lo = i
+        else:
+            break
+    return a[want]
+
+
+@njit(nogil=True, cache=True)
+def _row_topk(x, n, kk, gbuf, keys, top):
+    """top[:cnt] = positions of the kk largest valid entries of x[:n] by (value desc, position asc);
+    -> (cnt, row max). gbuf: float32 workspace of >= 2*kk, keys: int64 workspace of >= n."""
+    G = 2 * kk
+    mx = NEG_INF
+    if n >= 2 * G:
+        s = n // G
+        gbuf[:G] = x[:G]
+        for j in range(1, s):
+            np.maximum(gbuf[:G], x[j * G:(j + 1) * G], gbuf[:G])
+        tail = n - s * G
+        if tail:  # the last columns join the first groups: groups only need to be disjoint
+            np.maximum(gbuf[:tail], x[s * G:n], gbuf[:tail])
+        mx = gbuf[:G].max()
+        t = _partition_largest(gbuf, G, kk)
+    else:  # too short for the bound to pay: every valid entry is a candidate
+        t = NEG_INF
+    m = 0
+    full = n - n % MASK_LANES
+    for o in range(0, full, MASK_LANES):
+        bits = ge_mask(x, o, t)
+        while bits:
+            i = o + lowest_bit(bits)
+            bits &= bits - np.uint64(1)
+            v = x[i]
+            if v > NEG_INF:
+                keys[m] = _order_key(v, i)
+                m += 1
+    for i in range(full, n):
+        v = x[i]
+        if v >= t and v > NEG_INF:
+            keys[m] = _order_key(v, i)
+            m += 1
+    if n < 2 * G:
+        for i in range(m):
+            v = x[_key_pos(keys[i])]
+            mx = v if v > mx else mx
+    cnt = min(m, kk)
+    if m > kk:
+        _partition_largest(keys, m, kk)
+    keys[:cnt].sort()
+    for r in range(cnt):  # descending
+        top[r] = _key_pos(keys[cnt - 1 - r])
+    return cnt, mx
+
+
+@njit(inline="always")
+def _exp_nonpos(d):
+    """exp(d) for d <= 0 (-inf -> ~1e-38, below what a sum of >= 1 can see): Cody-Waite reduction and
+    the Cephes expf polynomial (~1 ulp), written so that LLVM vectorises the loop that calls it."""
+    d = d if d > np.float32(-87.0) else np.float32(-87.0)
+    n = np.floor(d * np.float32(1.44269504) + np.float32(0.5))
+    r = d - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * i32_as_f32((np.int32(n) + np.int32(127)) << 23)
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _sum_exp(x, lo, hi, mx):
+    """sum of exp(x[lo:hi] - mx) in float32 (vectorised: reassociation allowed)."""
+    s = np.float32(0.0)
+    for i in range(lo, hi):
+        s += _exp_nonpos(x[i] - mx)
+    return s
+
+
+@njit(nogil=True, cache=True)
+def _row_lse(x, n, mx):
+    """log sum exp over x[:n] given its max; blocks of 256 summed in float32, the blocks in float64."""
+    if not mx > NEG_INF:
+        return np.float32(0.0)
+    total = 0.0
+    for lo in range(0, n, 256):
+        total += _sum_exp(x, lo, min(n, lo + 256), mx)
+    return np.float32(mx + np.log(total))
+
+
+@njit(nogil=True, cache=True)
+def _select_rows(alpha, lengths, k, lo, hi, positions, alpha_sel, lse, want_lse):
+    """Candidates lo..hi-1 of the flattened (b, c) range: see the module docstring."""
+    B, A, C, L = alpha.shape
+    kmax = min(k, L)
+    gbuf = np.empty(2 * kmax + 1, np.float32)
+    keys = np.empty(L + 1, np.int64)
+    top = np.empty((A, kmax + 1), np.int64)
+    cnt = np.zeros(A, np.int64)
+    stamp = np.full(L + 1, -1, np.int64)  # stamp[p] == r: position p already in row r's union
+    for r in range(lo, hi):
+        b, c = r // C, r % C
+        n = min(L, lengths[b])
+        kk = min(k, n)
+        for a in range(A):
+            x = alpha[b, a, c]
+            if kk > 0:
+                cnt[a], mx = _row_topk(x, n, kk, gbuf, keys, top[a])
+            else:
+                cnt[a], mx = 0, NEG_INF
+            if want_lse:
+                lse[b, c, a] = _row_lse(x, n, mx)
+        got = 0
+        for rank in range(kk):
+            for a in range(A):
+                if rank < cnt[a] and got < k:
+                    p = top[a, rank]
+                    if stamp[p] != r:
+                        stamp[p] = r
+                        positions[b, c, got] = p
+                        for a2 in range(A):
+                            alpha_sel[b, c, a2, got] = alpha[b, a2, c, p]
+                        got += 1
+            if got >= k:
+                break
+        for j in range(got, k):
+            positions[b, c, j] = -1
+            for a2 in range(A):
+                alpha_sel[b, c, a2, j] = 0.0
+
+
+def select_cpu(alpha: torch.Tensor, lengths: torch.Tensor, k: int, full_lse: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """See the module docstring. The (b, c) rows are split over twin.kernels.cpu_threads."""
+    B, A, C, L = alpha.shape
+    x = alpha.detach().contiguous().numpy()
+    n = lengths.to(torch.int64).contiguous().numpy()
+    positions = np.empty((B, C, k), np.int64)
+    alpha_sel = np.empty((B, C, A, k), np.float32)
+    lse = np.empty((B, C, A) if full_lse else (1, 1, 1), np.float32)
+    cpu_threads.split(B * C, MIN_ROWS_PER_THREAD,
+                      lambda lo, hi: _select_rows(x, n, k, lo, hi, positions, alpha_sel, lse, full_lse))
+    return (torch.from_numpy(positions), torch.from_numpy(alpha_sel),
+            torch.from_numpy(lse) if full_lse else None)
