@@ -127,3 +127,23 @@ def test_candidates_split_over_threads_give_the_serial_result(threads):
 def test_cpu_threads_must_be_positive():
     with pytest.raises(ValueError, match=">= 1"):
         cpu_threads.set_cpu_threads(0)
+
+
+@pytest.mark.parametrize("d_k", [16, 8])
+def test_alpha_with_the_bias_in_the_gemm_equals_attention_logits(d_k):
+    from twin.attention import attention_logits
+    from twin.kernels.cpu_alpha import alpha_cpu
+
+    g = torch.Generator().manual_seed(d_k)
+    B, L, A, C = 2, 700, 4, 9
+    keys = torch.randn(B, L, A, d_k, generator=g).half()  # float16 as the projection cache holds them
+    queries = torch.randn(B, C, A, d_k, generator=g)
+    bias = torch.randn(B, A, L, generator=g)
+    bias[1, :, 500:] = NEG  # padding
+    got = alpha_cpu(keys, queries, bias, torch.empty(B, A, C, L))
+    want = attention_logits(keys.float().transpose(1, 2), queries.transpose(1, 2), bias[:, :, None, :])
+    if d_k == 16:  # 1/sqrt(16) is a power of two: the same float32 numbers
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert (got[1, :, :, 500:] == NEG).all() and torch.isfinite(got[1, :, :, :500]).all()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .attention import attention_logits, cross_bias, esu_pool, masked_softmax, recent_topk, round_robin_select
-from .kernels import cpu_threads
+from .kernels.cpu_alpha import alpha_cpu
 from .kernels.torch_gsu import full_lse, gather_alpha
 from .config import TwinConfig
 from .features import FeatureGroupEmbedding, context_raw, cross_ids
@@ -164,31 +164,25 @@ class TwinCTR(nn.Module):
         """keys [B, L, A, d_k], queries [B, C, A, d_k], bias [B, L, A], seq_mask [B, L]
         -> alpha [B, A, C, L], -inf at padding (the mask rides in the bias, so one pass writes alpha).
 
-        keys may be a strided view (the key half of the cached projections) in float16: only a
-        dtype conversion copies them; the GEMM reads keys^T [A, d_k, L] in place (transposed operand),
-        so no [B, A, d_k, L] transposing copy is made. The bias is made contiguous [B, A, L]: a strided
-        bias makes baddbmm's broadcast of it into the [B, A, C, L] output several times slower.
-        scratch: optional 1-D CPU buffer of >= B*A*C*L elements of the query dtype that alpha is written
-        into (no autograd) instead of fresh memory; the caller must not use it again while alpha lives.
+        keys may be a strided view (the key half of the cached projections) in float16. On the CPU
+        (no autograd) alpha is one GEMM per user that adds the bias in its inner dimension
+        (twin.kernels.cpu_alpha); elsewhere attention_logits' baddbmm. scratch: optional 1-D CPU
+        buffer of >= B*A*C*L elements of the query dtype that alpha is written into instead of fresh
+        memory; the caller must not use it again while alpha lives.
         """
-        keys = keys.to(queries.dtype)  # [B, L, A, d_k]
         bias_m = bias.masked_fill(~seq_mask[:, :, None], float("-inf")).permute(0, 2, 1).contiguous()  # [B, A, L]
         B, L, A, _ = keys.shape
         shape = (B, A, queries.shape[1], L)
-        if keys.device.type != "cpu":
+        if keys.device.type != "cpu" or torch.is_grad_enabled():
             # one batched GEMM (B > 1: a copy folds (B, A) into one batch dim, cheap on GPUs)
+            keys = keys.to(queries.dtype)
             return attention_logits(keys.transpose(1, 2), queries.transpose(1, 2), bias_m[:, :, None, :])
         n = math.prod(shape)
         if scratch is not None and (scratch.numel() < n or scratch.dtype != queries.dtype):
             raise ValueError(f"scratch of {scratch.numel()} {scratch.dtype} cannot hold alpha {shape} {queries.dtype}")
         alpha = (scratch[:n].view(shape) if scratch is not None
                  else torch.empty(shape, dtype=queries.dtype, device=keys.device))
-        for i in range(B):  # per user: (A) folds into the GEMM batch without copying the keys
-            def heads(lo: int, hi: int, i: int = i) -> None:  # heads lo..hi-1 of user i, split over CPU threads
-                attention_logits(keys[i, :, lo:hi].transpose(0, 1), queries[i, :, lo:hi].transpose(0, 1),
-                                 bias_m[i, lo:hi, None, :], out=alpha[i, lo:hi])
-            cpu_threads.split(A, 1, heads)
-        return alpha
+        return alpha_cpu(keys, queries, bias_m, alpha)
 
     def _select(self, alpha: torch.Tensor, seq_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """alpha [B, A, C, L] -> positions, valid [B, C, k]"""

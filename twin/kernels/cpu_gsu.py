@@ -14,12 +14,13 @@ same rule as `torch.topk` followed by a stable sort; tests pin the two against a
 How one row x = alpha[b, a, c, :n] is ranked without sorting it (n = 10,000, kk = 100 at W1):
  1. group maxima: the row seen as [s, G] (G = 2 kk groups, group g = columns g, g + G, ...) and
     maximised over s: one vectorised read pass, the only one that touches all n values;
- 2. t = the kk-th largest group maximum (a quickselect on G = 200 floats). kk distinct entries are
-    >= t, so t is a lower bound of the row's kk-th value: exact, not a heuristic;
+ 2. t = the kk-th largest group maximum, or a little below it (a bisection on G = 200 floats). kk
+    distinct entries are >= t, so t is a lower bound of the row's kk-th value: exact, not a heuristic;
  3. a compare pass (32 lanes at a time, as a bit mask) keeps the entries >= t: ~1.3 kk of them for
     continuous values, all the tied ones when many equal t (a user who repeated an item);
- 4. their (value, position) order keys (one int64 each, unique) are partially selected to kk and
-    sorted.
+ 4. their (value, position) order keys (one int64 each, unique) are partially selected to kk, and
+    ordered 32 at a time as the round-robin union walks down the ranks (it stops at rank ~25 of 100
+    at W1), so most of the sort is never done.
 Measured at W1 (B = 1, C = 100, 4 heads) on one core of the 2-core dev box: see `make bench`
 (part "kernels"); the figures and the alternatives tried are in docs/benchmarks.md.
 
@@ -37,17 +38,23 @@ from twin.kernels.simd import MASK_LANES, f32_as_i32, ge_mask, i32_as_f32, lowes
 
 NEG_INF = np.float32(-np.inf)
 MIN_ROWS_PER_THREAD = 16  # candidates: below this a second thread costs more than it saves
+RANK_CHUNK = 32  # survivors ordered at a time (_rank_more)
+
+
+@njit(inline="always")
+def _mono(v):
+    """float32 -> int32 of the same order (-0.0 folded into +0.0)."""
+    b = f32_as_i32(v)
+    if b == np.int32(-2147483648):
+        b = np.int32(0)
+    return b ^ ((b >> 31) & np.int32(0x7FFFFFFF))
 
 
 @njit(inline="always")
 def _order_key(v, pos):
     """(float32 value, position) -> int64, larger = (value desc, position asc); unique per position.
     -0.0 is folded into +0.0 (they compare equal)."""
-    b = f32_as_i32(v)
-    if b == np.int32(-2147483648):
-        b = np.int32(0)
-    mono = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))  # same order as the floats
-    return (np.int64(mono) << 32) + (np.int64(0xFFFFFFFF) - np.int64(pos))
+    return (np.int64(_mono(v)) << 32) + (np.int64(0xFFFFFFFF) - np.int64(pos))
 
 
 @njit(inline="always")
@@ -83,21 +90,50 @@ def _partition_largest(a, n, kk):
 
 
 @njit(nogil=True, cache=True)
-def _row_topk(x, n, kk, gbuf, keys, top):
-    """top[:cnt] = positions of the kk largest valid entries of x[:n] by (value desc, position asc);
-    -> (cnt, row max). gbuf: float32 workspace of >= 2*kk, keys: int64 workspace of >= n."""
+def _threshold(gbuf, G, kk, mono):
+    """A value t with at least kk of gbuf[:G] >= t: the kk-th largest, or a value a little below it.
+    Bisection on the order-preserving integers of the floats: each step is one branch-free vectorised
+    count over G, ~30x cheaper than a quickselect's data-dependent branches; stops once at most
+    kk + kk/8 are >= the probe. mono: int32 workspace of >= G."""
+    for g in range(G):
+        mono[g] = _mono(gbuf[g])
+    lo, hi = np.int64(mono[:G].min()), np.int64(mono[:G].max()) + 1  # count(>= lo) >= kk > count(>= hi)
+    slack = kk + kk // 8
+    while hi - lo > 1:
+        mid = np.int32((lo + hi) >> 1)
+        c = 0
+        for g in range(G):
+            c += mono[g] >= mid
+        if c >= kk:
+            lo = np.int64(mid)
+            if c <= slack:
+                break
+        else:
+            hi = np.int64(mid)
+    b = np.int32(lo)
+    return i32_as_f32(b ^ ((b >> 31) & np.int32(0x7FFFFFFF)))  # the mapping is its own inverse
+
+
+@njit(nogil=True, cache=True)
+def _row_topk(x, n, kk, gbuf, mono, keys, top):
+    """top[:cnt] = order keys of the kk largest valid entries of x[:n] (value desc, position asc), in
+    no particular order; -> (cnt, row max). gbuf/mono: float32/int32 workspaces of >= 2*kk, keys:
+    int64 of >= n."""
     G = 2 * kk
     mx = NEG_INF
     if n >= 2 * G:
         s = n // G
-        gbuf[:G] = x[:G]
-        for j in range(1, s):
-            np.maximum(gbuf[:G], x[j * G:(j + 1) * G], gbuf[:G])
-        tail = n - s * G
-        if tail:  # the last columns join the first groups: groups only need to be disjoint
-            np.maximum(gbuf[:tail], x[s * G:n], gbuf[:tail])
+        body = x[:s * G].reshape(s, G)  # [s, G]: group g = column g
+        for g in range(G):
+            gbuf[g] = body[0, g]
+        for j in range(1, s):  # np.maximum on scalars: the loop vectorises to vmaxps
+            row = body[j]
+            for g in range(G):
+                gbuf[g] = np.maximum(row[g], gbuf[g])
+        for g in range(n - s * G):  # the last columns join the first groups: groups only need to be disjoint
+            gbuf[g] = np.maximum(x[s * G + g], gbuf[g])
         mx = gbuf[:G].max()
-        t = _partition_largest(gbuf, G, kk)
+        t = _threshold(gbuf, G, kk, mono)
     else:  # too short for the bound to pay: every valid entry is a candidate
         t = NEG_INF
     m = 0
@@ -123,10 +159,23 @@ def _row_topk(x, n, kk, gbuf, keys, top):
     cnt = min(m, kk)
     if m > kk:
         _partition_largest(keys, m, kk)
-    keys[:cnt].sort()
-    for r in range(cnt):  # descending
-        top[r] = _key_pos(keys[cnt - 1 - r])
+    top[:cnt] = keys[:cnt]  # the kk largest keys, not yet ordered: _rank_more orders them on demand
     return cnt, mx
+
+
+@njit(nogil=True, cache=True)
+def _rank_more(hkeys, ready, cnt):
+    """hkeys[:ready] are ranked (descending); rank the next RANK_CHUNK of hkeys[:cnt] -> new ready.
+    The round-robin union rarely goes deep (rank ~25 of 100 at W1 with 4 heads), so ordering the
+    kk survivors a chunk at a time instead of sorting them all saves most of the sort."""
+    n = min(RANK_CHUNK, cnt - ready)
+    rest = hkeys[ready:cnt]
+    if cnt - ready > n:
+        _partition_largest(rest, cnt - ready, n)
+    head = rest[:n]
+    head.sort()
+    head[:] = head[::-1].copy()
+    return ready + n
 
 
 @njit(inline="always")
@@ -172,9 +221,11 @@ def _select_rows(alpha, lengths, k, lo, hi, positions, alpha_sel, lse, want_lse)
     B, A, C, L = alpha.shape
     kmax = min(k, L)
     gbuf = np.empty(2 * kmax + 1, np.float32)
+    mono = np.empty(2 * kmax + 1, np.int32)
     keys = np.empty(L + 1, np.int64)
     top = np.empty((A, kmax + 1), np.int64)
     cnt = np.zeros(A, np.int64)
+    ready = np.zeros(A, np.int64)  # ranks of head a ordered so far (_rank_more)
     stamp = np.full(L + 1, -1, np.int64)  # stamp[p] == r: position p already in row r's union
     for r in range(lo, hi):
         b, c = r // C, r % C
@@ -183,16 +234,19 @@ def _select_rows(alpha, lengths, k, lo, hi, positions, alpha_sel, lse, want_lse)
         for a in range(A):
             x = alpha[b, a, c]
             if kk > 0:
-                cnt[a], mx = _row_topk(x, n, kk, gbuf, keys, top[a])
+                cnt[a], mx = _row_topk(x, n, kk, gbuf, mono, keys, top[a])
             else:
                 cnt[a], mx = 0, NEG_INF
             if want_lse:
                 lse[b, c, a] = _row_lse(x, n, mx)
+        ready[:] = 0
         got = 0
         for rank in range(kk):
             for a in range(A):
                 if rank < cnt[a] and got < k:
-                    p = top[a, rank]
+                    if rank == ready[a]:
+                        ready[a] = _rank_more(top[a], ready[a], cnt[a])
+                    p = _key_pos(top[a, rank])
                     if stamp[p] != r:
                         stamp[p] = r
                         positions[b, c, got] = p
