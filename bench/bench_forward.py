@@ -18,6 +18,9 @@ between p50s of the same run. Parts:
   kernel_cpu / kernel_torch  the selection alone on a precomputed alpha (compiled kernel / torch ops);
   read_pass  torch amax over the same alpha (what kernel_cpu is measured against).
 Floors use the same threads as the forward (alpha's GEMM split by heads over twin.kernels.cpu_threads).
+On CUDA (`device="cuda"`): the model and the cached projections live on the GPU, the forward runs under
+the engine's float16 autocast, floors are float16 GEMMs, every timed call ends with a device sync,
+and the CPU-only parts (kernel_cpu, read_pass on the host) are left out.
 """
 from __future__ import annotations
 
@@ -66,6 +69,11 @@ def user_history(uid: int, L: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return g.zipf(1.1, L).astype(np.int64) % N_ITEMS, ts, cross
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @dataclass
 class World:
     """One workload's model, slot and per-user engine inputs."""
@@ -77,16 +85,18 @@ class World:
     slot_lse: ModelSlot
     inputs: list[ScoreInputs]
     raw_items: list[np.ndarray]  # [L, F_h] raw inherent values per user
+    device: torch.device
 
 
-def _slot(model: TwinCTR, L: int) -> ModelSlot:
+def _slot(model: TwinCTR, L: int, device: torch.device) -> ModelSlot:
     # the stores are unused: run_batch only reads the model, device and bucket fields
-    return ModelSlot(version="bench", model=model, manifest=None, device=torch.device("cpu"), autocast=None,  # type: ignore[arg-type]
-                     seq_len=L, seq_buckets=[64, L], cand_buckets=[8, 512], behaviors=None, catalog=None,  # type: ignore[arg-type]
-                     local_cache=None)  # type: ignore[arg-type]
+    cuda = device.type == "cuda"
+    return ModelSlot(version="bench", model=model.to(device), manifest=None, device=device,  # type: ignore[arg-type]
+                     autocast=torch.float16 if cuda else None, seq_len=L, seq_buckets=[64, L],
+                     cand_buckets=[8, 512], behaviors=None, catalog=None, local_cache=None)  # type: ignore[arg-type]
 
 
-def build_world(name: str, n_users: int) -> World:
+def build_world(name: str, n_users: int, device: torch.device = torch.device("cpu")) -> World:
     L, C = WORKLOADS[name]
     model, model_lse = model_for(L), model_for(L, full_lse=True)
     inputs, raws = [], []
@@ -94,36 +104,39 @@ def build_world(name: str, n_users: int) -> World:
         ids, ts, cross = user_history(u, L)
         raw = items(ids)
         with torch.inference_mode():
-            proj = model.project_items(torch.from_numpy(raw)).half()  # [L, D] as the projector caches it
+            proj = model.project_items(torch.from_numpy(raw)).half().to(device)  # [L, D] as the cache holds it
         cand = items(np.random.default_rng(10_000 + u).integers(0, N_ITEMS, C))
         inputs.append(ScoreInputs(slot=None, seq_proj=proj, seq_cross=cross, seq_ts=ts,  # type: ignore[arg-type]
                                   recent=raw[:model.cfg.short_len], cand=cand, now=NOW, hist_len=L))
         raws.append(raw)
-    return World(L, C, model, _slot(model, L), _slot(model_lse, L), inputs, raws)
+    return World(L, C, model, _slot(model, L, device), _slot(model_lse, L, device), inputs, raws, device)
 
 
 def _alpha_inputs(w: World, u: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """keys^T [A, d_k, L] float32 contiguous, queries [A, C, d_k], bias+mask [A, 1, L] of user u."""
-    m, it = w.model, w.inputs[u]
+    m, it, dev = w.model, w.inputs[u], w.device
+    t = lambda a: torch.from_numpy(a).to(dev)  # noqa: E731
     with torch.inference_mode():
-        _, q = m._queries(torch.from_numpy(it.cand)[None])
-        _, bias = m._cross(torch.from_numpy(it.seq_cross)[None], torch.from_numpy(it.seq_ts)[None],
-                           torch.tensor([it.now]))
+        _, q = m._queries(t(it.cand)[None])
+        _, bias = m._cross(t(it.seq_cross)[None], t(it.seq_ts)[None], torch.tensor([it.now], device=dev))
         keys, _ = m._split_proj(it.seq_proj[None])
-    kt = keys[0].float().permute(1, 2, 0).contiguous()  # [A, d_k, L]
-    return kt, q[0].transpose(0, 1).contiguous(), bias[0].T[:, None, :].contiguous()
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32  # the engine's alpha dtype there
+    kt = keys[0].to(dtype).permute(1, 2, 0).contiguous()  # [A, d_k, L]
+    return kt, q[0].transpose(0, 1).to(dtype).contiguous(), bias[0].T[:, None, :].contiguous()
 
 
 def floors(w: World, u: int) -> dict[str, Callable[[], object]]:
     kt, q, _ = _alpha_inputs(w, u)
     A = kt.shape[0]
-    out = torch.empty(A, w.C, w.L)
+    out = torch.empty(A, w.C, w.L, dtype=kt.dtype, device=w.device)
 
     def gemm(then: Callable[[torch.Tensor], object] | None = None) -> Callable[[], object]:
         def heads(lo: int, hi: int) -> None:
             torch.bmm(q[lo:hi], kt[lo:hi], out=out[lo:hi])
             if then is not None:
                 then(out[lo:hi])
+        if w.device.type == "cuda":
+            return lambda: (heads(0, A), sync(w.device))
         return lambda: cpu_threads.split(A, 1, heads)
 
     return {"floor_a": gemm(), "floor_b": gemm(lambda x: x.amax(-1)),
@@ -138,36 +151,40 @@ def engine_forward(slot: ModelSlot, it: ScoreInputs) -> Callable[[], object]:
 def raw_mhta(w: World, u: int) -> Callable[[], object]:
     """No cache, no split: embed the L behaviors, project K = [K_h, K_c] with one dense matrix
     [H + Cx, D] per request, then the same alpha, selection and ESU (select/finish on the result)."""
-    m, it, raw = w.model, w.inputs[u], torch.from_numpy(w.raw_items[u])
+    m, it, raw = w.model, w.inputs[u], torch.from_numpy(w.raw_items[u]).to(w.device)
     s = m.cfg.schema
     g = torch.Generator().manual_seed(1)
     w_full = torch.randn(s.inherent_dim + s.cross_dim, m.proj_dim, generator=g) * 0.05  # [H+Cx, D]
-    w_full[:s.inherent_dim] = m.w_item.weight.T.detach()
+    w_full[:s.inherent_dim] = m.w_item.weight.T.detach().cpu()
+    w_full = w_full.to(w.device)
     base = ScoreInputs(**{**it.__dict__, "slot": w.slot})
+    amp = w.slot.autocast
 
     def run() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(w.device.type, dtype=amp, enabled=amp is not None):
             b = collate(w.slot, [base])
             cross = torch.cat(m._cross(b.seq_cross, b.seq_ts, b.now)[0], dim=-1)  # [1, L, Cx]
             k_full = torch.cat([m.inherent_emb(raw)[None], cross], dim=-1)  # [1, L, H+Cx]
-            b.seq_proj = k_full @ w_full  # [1, L, D] float32: projected on every request
-            m.finish(b, m.select(b))
+            b.seq_proj = k_full @ w_full  # [1, L, D]: projected on every request
+            m.finish(b, m.select(b)).scores.cpu()
     return run
 
 
 def kh_parts(w: World, u: int) -> dict[str, Callable[[], object]]:
-    m, raw, ids = w.model, torch.from_numpy(w.raw_items[u]), w.raw_items[u][:, 0]
-    cache = LocalProjectionCache(max(200_000, 2 * w.L), m.proj_dim, "cpu", ProjectionStore(None, Keys("bench"), "v1", m.proj_dim),
-                                 None, None)
+    m, raw, ids = w.model, torch.from_numpy(w.raw_items[u]).to(w.device), w.raw_items[u][:, 0]
+    cache = LocalProjectionCache(max(200_000, 2 * w.L), m.proj_dim, w.device,
+                                 ProjectionStore(None, Keys("bench"), "v1", m.proj_dim), None, None)
     uniq = np.unique(ids)
     with torch.inference_mode():
-        cache._insert(uniq, m.project_items(torch.from_numpy(items(uniq))).half().numpy())
+        rows = m.project_items(torch.from_numpy(items(uniq)).to(w.device)).half()
+        cache._insert(uniq, rows.cpu().numpy() if w.device.type == "cpu" else rows)
 
     def project() -> None:
         with torch.inference_mode():
             m.project_items(raw)
+            sync(w.device)
 
-    return {"kh_project": project, "kh_gather": lambda: _gather_sync(cache, ids)}
+    return {"kh_project": project, "kh_gather": lambda: (_gather_sync(cache, ids), sync(w.device))}
 
 
 def _gather_sync(cache: LocalProjectionCache, ids: np.ndarray) -> None:
@@ -183,13 +200,18 @@ def _gather_sync(cache: LocalProjectionCache, ids: np.ndarray) -> None:
 
 def kernel_parts(w: World, u: int, with_torch: bool) -> dict[str, Callable[[], object]]:
     m, it = w.model, w.inputs[u]
-    with torch.inference_mode():
+    amp = w.slot.autocast
+    with torch.inference_mode(), torch.autocast(w.device.type, dtype=amp, enabled=amp is not None):
         b = collate(w.slot, [ScoreInputs(**{**it.__dict__, "slot": w.slot})])
         _, q = m._queries(b.cand)
         _, bias = m._cross(b.seq_cross, b.seq_ts, b.now)
         keys, _ = m._split_proj(b.seq_proj)
         alpha = m._full_alpha(keys, q, bias, b.seq_mask).clone()  # [1, A, C, L]
     lengths = torch.tensor([w.L])
+    if w.device.type == "cuda":
+        return {"read_pass": lambda: (alpha.amax(-1), sync(w.device)),
+                "kernel_torch": lambda: (select_torch(alpha, K, False), sync(w.device)),
+                "kernel_torch_lse": lambda: (select_torch(alpha, K, True), sync(w.device))}
     parts = {"read_pass": lambda: cpu_threads.split(alpha.shape[1], 1, lambda lo, hi: alpha[:, lo:hi].amax(-1)),
              "kernel_cpu": lambda: select_cpu(alpha, lengths, K, False),
              "kernel_cpu_lse": lambda: select_cpu(alpha, lengths, K, True)}
@@ -233,9 +255,9 @@ def request_bytes(L: int, C: int, model: TwinCTR) -> int:
     return 2 * A * C * L * 4 + L * A * dk * 2 + C * K * A * dv * 2
 
 
-def run_workload(name: str, quick: bool, raw: bool = True) -> dict:
+def run_workload(name: str, quick: bool, raw: bool = True, device: torch.device = torch.device("cpu")) -> dict:
     n_users = 2 if name == "W2" else 4
-    w = build_world(name, n_users)
+    w = build_world(name, n_users, device)
     rounds, per_round = (3, 2) if quick else ((6, 3) if name == "W2" else (10, 5))
     us = range(n_users)
     parts: dict[str, list[Callable[[], object]]] = {}
@@ -243,14 +265,14 @@ def run_workload(name: str, quick: bool, raw: bool = True) -> dict:
         for k_, f in {**floors(w, u), "twin": engine_forward(w.slot, w.inputs[u]),
                       "twin_lse": engine_forward(w.slot_lse, w.inputs[u]),
                       **({"raw_mhta": raw_mhta(w, u)} if raw else {}), **kh_parts(w, u),
-                      **kernel_parts(w, u, with_torch=(name == "W1"))}.items():
+                      **kernel_parts(w, u, with_torch=(name == "W1" and device.type == "cpu"))}.items():
             parts.setdefault(k_, []).append(f)
-    if "kernel_torch" in parts:  # ~0.3 s a call: a few calls, outside the rounds
+    if "kernel_torch" in parts and device.type == "cpu":  # ~0.3 s a call: a few calls, outside the rounds
         kt = measure({"kernel_torch": parts.pop("kernel_torch")}, 1, 2 if quick else 3)
     else:
         kt = {}
     lat = {**measure(parts, rounds, per_round), **kt}
-    out = {"L": w.L, "C": w.C, "k": K, "heads": HEADS, "users": n_users,
+    out = {"L": w.L, "C": w.C, "k": K, "heads": HEADS, "users": n_users, "device": str(device),
            "parts": {n: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "n": len(v)} for n, v in lat.items()}}
     p = {n: v["p50_ms"] for n, v in out["parts"].items()}
     out["ratios"] = {
@@ -258,12 +280,12 @@ def run_workload(name: str, quick: bool, raw: bool = True) -> dict:
         "twin_lse_over_floor_b": p["twin_lse"] / p["floor_b"],
         "floor_b_over_floor_a": p["floor_b"] / p["floor_a"],
         "floor_c_over_floor_b": p["floor_c"] / p["floor_b"],
-        "kernel_cpu_over_read_pass": p["kernel_cpu"] / p["read_pass"],
+        "kernel_over_read_pass": p.get("kernel_cpu", p.get("kernel_torch", math.nan)) / p["read_pass"],
         "kh_cost_removed": 1.0 - p["kh_gather"] / p["kh_project"],
     }
     if "raw_mhta" in p:
         out["ratios"]["raw_mhta_over_twin"] = p["raw_mhta"] / p["twin"]
-    if "kernel_torch" in p:
+    if "kernel_torch" in p and "kernel_cpu" in p:
         out["ratios"]["kernel_torch_over_kernel_cpu"] = p["kernel_torch"] / p["kernel_cpu"]
     out["bytes_per_request"] = request_bytes(w.L, w.C, w.model)
     return out
