@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,7 @@ from cache.projection_store import ProjectionStore
 from service.engine.forward import collate, run_batch
 from service.engine.request import ScoreInputs
 from service.engine.slot import ModelSlot
+from service.engine.worker import default_parallel_threads, default_threads
 from training.schemas import synthetic_schema
 from twin.config import TwinConfig
 from twin.kernels import cpu_threads
@@ -143,9 +145,19 @@ def floors(w: World, u: int) -> dict[str, Callable[[], object]]:
             "floor_c": gemm(lambda x: torch.topk(x, K, dim=-1))}
 
 
+_BRANCHES: dict[int, ThreadPoolExecutor] = {}
+
+
 def engine_forward(slot: ModelSlot, it: ScoreInputs) -> Callable[[], object]:
+    """run_batch as the InferenceWorker calls it: with its branch threads (parallel - 1 of them)."""
     one = ScoreInputs(**{**it.__dict__, "slot": slot})
-    return lambda: run_batch(slot, [one])
+    if slot.device.type != "cpu":
+        return lambda: run_batch(slot, [one])
+    dev = torch.device("cpu")
+    threads, parallel = default_threads(dev), default_parallel_threads(dev)
+    if parallel > 1 and parallel not in _BRANCHES:
+        _BRANCHES[parallel] = ThreadPoolExecutor(parallel - 1, initializer=torch.set_num_threads, initargs=(threads,))
+    return lambda: run_batch(slot, [one], _BRANCHES.get(parallel), parallel)
 
 
 def raw_mhta(w: World, u: int) -> Callable[[], object]:

@@ -1,9 +1,9 @@
 """Service benchmark, workload W1 (L = 10,000 behaviors, 100 candidates, k = 100, 4 heads).
 
 One run measures, on the same data and the same machine state:
-  * bare forward: `model.score` on the exact tensors one request produces (B = 1, float16 cached
-    projections as the local cache hands them over), no I/O, on as many torch threads as the
-    service's inference thread uses;
+  * bare forward: the engine's forward (service.engine.forward.run_batch, with the worker's branch
+    threads) on exactly what one request hands the inference thread (B = 1, float16 cached
+    projections as the local cache hands them over), no I/O, on the service's threads;
   * the full HTTP path, warm: a real `python -m service` (uvicorn, uvloop, httptools) on loopback,
     with Redis reads, the local projection cache, micro-batching and JSON, at concurrency 1, 8 and 32,
     for 64 users whose sequences are all in the user-sequence cache (warmed first);
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +46,9 @@ from cache.layout import Keys
 from cache.projection_store import ProjectionStore
 from model_store.registry import ModelRegistry
 from service.engine.buckets import serving_buckets
+from service.engine.forward import run_batch
+from service.engine.request import ScoreInputs
+from service.engine.slot import ModelSlot
 from service.engine.worker import default_parallel_threads, default_threads
 from service.malloc_tuning import keep_freed_memory
 from service.settings import Settings
@@ -51,7 +56,7 @@ from service.seeding import load_catalog, load_histories, project
 from training.schemas import synthetic_schema
 from twin.config import TwinConfig
 from twin.kernels.cpu_threads import set_cpu_threads
-from twin.model import ServeBatch, TwinCTR
+from twin.model import TwinCTR
 
 L, C, K, HEADS = 10_000, 100, 100, 4
 MAX_CAND = 128  # the service's max_candidates in this run
@@ -102,8 +107,8 @@ async def seed(url: str, keys: Keys, model: TwinCTR, version: str) -> None:
         await h.aclose()
 
 
-async def bare_batch(url: str, keys: Keys, model: TwinCTR, version: str, uid: int) -> ServeBatch:
-    """The tensors the service builds for one request (B = 1), read from the same Redis: float16
+async def bare_inputs(url: str, keys: Keys, model: TwinCTR, version: str, uid: int) -> ScoreInputs:
+    """What the service hands its inference thread for one request, read from the same Redis: float16
     projections (the model converts the key half and the selected value rows itself)."""
     h = await open_redis(url)
     try:
@@ -112,28 +117,34 @@ async def bare_batch(url: str, keys: Keys, model: TwinCTR, version: str, uid: in
         recent, _ = await CatalogStore(h.client, keys, 4).get(block.item_id[:model.cfg.short_len])
     finally:
         await h.aclose()
-    t = torch.from_numpy
-    return ServeBatch(seq_proj=t(np.asarray(proj, np.float16))[None], seq_cross=t(block.cross)[None],
-                      seq_ts=t(block.ts)[None], seq_mask=torch.ones(1, L, dtype=torch.bool),
-                      recent_items=t(recent)[None], cand=t(items(np.array(candidates(uid))))[None],
-                      cand_mask=torch.ones(1, C, dtype=torch.bool), now=torch.tensor([NOW]), hist_len=torch.tensor([L]))
+    return ScoreInputs(slot=None, seq_proj=torch.from_numpy(np.asarray(proj, np.float16)), seq_cross=block.cross,  # type: ignore[arg-type]
+                       seq_ts=block.ts, recent=np.asarray(recent), cand=items(np.array(candidates(uid))), now=NOW,
+                       hist_len=L)
 
 
-def time_bare(model: TwinCTR, batches: list[ServeBatch], n: int, warm: int = 5) -> list[float]:
-    """-> n wall-clock latencies (ms) of model.score, cycling over the batches (the users the HTTP
-    rounds cycle over: a single batch would sit in the CPU caches and flatter the bare forward).
-    On CUDA (batches on the GPU) under the engine's float16 autocast, each call ending in .cpu()."""
-    dev = batches[0].seq_proj.device
-    amp = torch.autocast(dev.type, dtype=torch.float16, enabled=dev.type == "cuda")
-    with torch.inference_mode(), amp:
-        for i in range(warm):
-            model.score(batches[i % len(batches)]).scores.cpu()
-        out = []
-        for i in range(n):
-            t0 = time.perf_counter()
-            model.score(batches[i % len(batches)]).scores.cpu()
-            out.append((time.perf_counter() - t0) * 1e3)
+def time_bare(slot: ModelSlot, inputs: list[ScoreInputs], n: int, warm: int = 5,
+              branches: Executor | None = None, n_branches: int = 1) -> list[float]:
+    """-> n wall-clock latencies (ms) of the engine's forward (service.engine.forward.run_batch, B = 1,
+    the worker's branch threads) without any I/O, cycling over the users the HTTP rounds cycle over
+    (a single one would sit in the CPU caches and flatter the bare forward)."""
+    reqs = [dataclasses.replace(it, slot=slot, seq_proj=it.seq_proj.to(slot.device)) for it in inputs]
+    for i in range(warm):
+        run_batch(slot, [reqs[i % len(reqs)]], branches, n_branches)
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        run_batch(slot, [reqs[i % len(reqs)]], branches, n_branches)
+        out.append((time.perf_counter() - t0) * 1e3)
     return out
+
+
+def bare_slot(model: TwinCTR, device: str) -> ModelSlot:
+    """A ModelSlot for run_batch alone: the engine reads its model, device and bucket fields only."""
+    dev = torch.device(device)
+    return ModelSlot(version="bench", model=model.to(dev), manifest=None, device=dev,  # type: ignore[arg-type]
+                     autocast=torch.float16 if dev.type == "cuda" else None, seq_len=L,
+                     seq_buckets=serving_buckets(64, L, dev.type, align=64), cand_buckets=serving_buckets(8, MAX_CAND, dev.type),
+                     behaviors=None, catalog=None, local_cache=None)  # type: ignore[arg-type]
 
 
 # ---- a minimal HTTP/1.1 keep-alive client -------------------------------------------------------
@@ -285,10 +296,10 @@ async def measure_http(quick: bool, log=print, device: str = "cpu") -> dict:
         await seed(url, keys, model, version)
         log(f"seeded {N_ITEMS:,} items, {2 * N_USERS} users x {L:,} behaviors, projections in "
             f"{time.perf_counter() - t0:.1f}s")
-        batches = [await bare_batch(url, keys, model, version, u) for u in range(N_USERS)]
-        if device == "cuda":  # the bare forward where the service runs it
-            model = model.to(device)
-            batches = [ServeBatch(**{k: v.to(device) for k, v in b.__dict__.items()}) for b in batches]
+        bare_in = [await bare_inputs(url, keys, model, version, u) for u in range(N_USERS)]
+        slot = bare_slot(model, device)
+        branches = (ThreadPoolExecutor(parallel - 1, initializer=torch.set_num_threads, initargs=(threads,))
+                    if device == "cpu" and parallel > 1 else None)  # as the service's InferenceWorker has them
         ports = {"warm": free_port(), "cold": free_port()}
         for kind, port in ports.items():
             env = service_env(url, keys, tmp / "models", port, threads, parallel, cold=kind == "cold", device=device)
@@ -303,7 +314,7 @@ async def measure_http(quick: bool, log=print, device: str = "cpu") -> dict:
         bare: list[float] = []
         one = {"warm": Run(), "cold": Run()}
         for _ in range(rounds):
-            bare += time_bare(model, batches, int(per_round_s * 1e3 / 2 / 40), warm=2)
+            bare += time_bare(slot, bare_in, int(per_round_s * 1e3 / 2 / 40), 2, branches, parallel)
             for kind in ("warm", "cold"):
                 one[kind].add(await load(ports[kind], 1, reqs[kind], seconds=per_round_s / 2))
         out: dict = {"bare": {"p50_ms": pct(bare, 50), "p99_ms": pct(bare, 99), "n": len(bare)},
@@ -330,7 +341,7 @@ async def measure_http(quick: bool, log=print, device: str = "cpu") -> dict:
 
 def http_table(res: dict) -> list[str]:
     b50 = res["bare"]["p50_ms"]
-    lines = [f"bare forward `model.score` (B=1, float16 projections): p50 {b50:.2f} ms, p99 {res['bare']['p99_ms']:.2f} ms "
+    lines = [f"bare forward (the engine's run_batch, B=1, no I/O): p50 {b50:.2f} ms, p99 {res['bare']['p99_ms']:.2f} ms "
              f"({res['bare']['n']} calls, interleaved with the concurrency-1 rounds)", "",
              "| path | concurrency | HTTP p50 ms | HTTP p99 ms | req/s | p50 / bare p50 | errors | degraded | requests "
              "| server p50 ms: queue / fetch / gsu / esu / total |",

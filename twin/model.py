@@ -18,6 +18,7 @@ Example: B=1 user, L=10_000 behaviors, C=100 candidates, A=4, d_k=16, k=100:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -58,6 +59,12 @@ class ServeBatch:
     now: torch.Tensor           # [B] int64
     hist_len: torch.Tensor      # [B] int64
 
+    def candidates(self, lo: int, hi: int) -> "ServeBatch":
+        """The same users with candidates lo..hi-1 only (views, no copy)."""
+        if (lo, hi) == (0, self.cand.shape[1]):
+            return self
+        return dataclasses.replace(self, cand=self.cand[:, lo:hi], cand_mask=self.cand_mask[:, lo:hi])
+
 
 @dataclass
 class Explain:
@@ -73,6 +80,17 @@ class ServeOutput:
     logits: torch.Tensor  # [B, C]
     explain: Explain | None = None
 
+    @staticmethod
+    def cat(parts: list["ServeOutput"]) -> "ServeOutput":
+        """Outputs of consecutive candidate slices -> one output (dim 1 is C everywhere)."""
+        if len(parts) == 1:
+            return parts[0]
+        ex = None
+        if parts[0].explain is not None:
+            ex = Explain(*(torch.cat([getattr(p.explain, f.name) for p in parts], 1)
+                           for f in dataclasses.fields(Explain)))
+        return ServeOutput(torch.cat([p.scores for p in parts], 1), torch.cat([p.logits for p in parts], 1), ex)
+
 
 @dataclass
 class GsuResult:
@@ -87,6 +105,14 @@ class GsuResult:
     # [B, C, A] log-sum-exp of alpha over the FULL valid sequence (0 if none): how much of the history
     # matches, which the softmax over the k selected hides. Filled when cfg.full_lse, else None.
     lse_full: torch.Tensor | None = None
+
+    def candidates(self, lo: int, hi: int) -> "GsuResult":
+        """Candidates lo..hi-1 only (views; the per-behavior cross embeddings are shared)."""
+        if (lo, hi) == (0, self.positions.shape[1]):
+            return self
+        c = slice(lo, hi)
+        return GsuResult(self.positions[:, c], self.valid[:, c], self.alpha_sel[:, c], self.bias_sel[:, c],
+                         self.q_emb[:, c], self.cross_emb, None if self.lse_full is None else self.lse_full[:, c])
 
 
 def _gather_seq(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,9 @@ How one row x = alpha[b, a, c, :n] is ranked without sorting it (n = 10,000, kk 
     distinct entries are >= t, so t is a lower bound of the row's kk-th value: exact, not a heuristic;
  3. a compare pass (32 lanes at a time, as a bit mask) keeps the entries >= t: ~1.3 kk of them for
     continuous values, all the tied ones when many equal t (a user who repeated an item);
- 4. their (value, position) order keys (one int64 each, unique) are partially selected to kk, and
-    ordered 32 at a time as the round-robin union walks down the ranks (it stops at rank ~25 of 100
-    at W1), so most of the sort is never done.
+ 4. their (value, position) order keys (one int64 each, unique) are ordered 32 at a time (a
+    branch-free quickselect, then an insertion sort) as the round-robin union walks down the ranks:
+    it stops at rank ~25 of 100 at W1, so most of the sort is never done.
 Measured at W1 (B = 1, C = 100, 4 heads) on one core of the 2-core dev box: see `make bench`
 (part "kernels"); the figures and the alternatives tried are in docs/benchmarks.md.
 
@@ -63,30 +63,41 @@ def _key_pos(key):
 
 
 @njit(nogil=True, cache=True)
-def _partition_largest(a, n, kk):
-    """Reorder a[:n] (1 <= kk <= n) so that a[:kk] hold its kk largest; -> the kk-th largest.
-    Quickselect (Hoare partition, median-of-three pivot); compiled once per dtype (float32, int64)."""
-    lo, hi, want = 0, n - 1, kk - 1  # want: index in descending order
-    while hi > lo:
-        x, y, z = a[lo], a[(lo + hi) >> 1], a[hi]
+def _move_largest(a, lo, hi, n):
+    """Reorder a[lo:hi] (unique int64 keys, 0 < n < hi - lo) so that a[lo:lo+n] hold its n largest.
+    Quickselect with a branch-free Lomuto partition (the data-dependent branch of a Hoare partition
+    mispredicts half the time on these keys) and a median-of-three pivot: with >= 3 distinct keys one
+    sampled key is above the pivot and one below, so every round shrinks the range."""
+    target = lo + n
+    while hi - lo >= 3:
+        x, y, z = a[lo], a[(lo + hi) >> 1], a[hi - 1]
         p = max(min(x, y), min(max(x, y), z))
-        i, j = lo, hi
-        while i <= j:
-            while a[i] > p:
-                i += 1
-            while a[j] < p:
-                j -= 1
-            if i <= j:
-                a[i], a[j] = a[j], a[i]
-                i += 1
-                j -= 1
-        if want <= j:
+        j = lo
+        for i in range(lo, hi):  # a[lo:j] > p, a[j:i] <= p
+            v = a[i]
+            a[i] = a[j]
+            a[j] = v
+            j += v > p
+        if j > target:
             hi = j
-        elif want >= i:
-            lo = i
+        elif j < target:
+            lo = j
         else:
-            break
-    return a[want]
+            return
+    if hi - lo == 2 and lo < target and a[lo] < a[lo + 1]:
+        a[lo], a[lo + 1] = a[lo + 1], a[lo]
+
+
+@njit(nogil=True, cache=True)
+def _sort_desc(a, lo, hi):
+    """Insertion sort of a[lo:hi], descending (hi - lo <= RANK_CHUNK: ~n^2/4 moves, no recursion)."""
+    for i in range(lo + 1, hi):
+        v = a[i]
+        j = i - 1
+        while j >= lo and a[j] < v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
 
 
 @njit(nogil=True, cache=True)
@@ -115,24 +126,46 @@ def _threshold(gbuf, G, kk, mono):
 
 
 @njit(nogil=True, cache=True)
-def _row_topk(x, n, kk, gbuf, mono, keys, top):
-    """top[:cnt] = order keys of the kk largest valid entries of x[:n] (value desc, position asc), in
-    no particular order; -> (cnt, row max). gbuf/mono: float32/int32 workspaces of >= 2*kk, keys:
-    int64 of >= n."""
+def _row_topk(x, n, kk, gbuf, mono, keys, top, acc, want_lse):
+    """top[:m] = order keys (value desc, position asc) of m <= 2 kk valid entries of x[:n], in no
+    particular order, that hold its kk largest; -> (m, row max, lse or 0). gbuf/mono/acc: float32/
+    int32/float32 workspaces of >= 2*kk, keys: int64 of >= n. With want_lse the log-sum-exp of x[:n]
+    comes out of the same read pass (_lse_in_pass)."""
     G = 2 * kk
     mx = NEG_INF
+    lse = np.float32(0.0)
     if n >= 2 * G:
         s = n // G
         body = x[:s * G].reshape(s, G)  # [s, G]: group g = column g
         for g in range(G):
             gbuf[g] = body[0, g]
-        for j in range(1, s):  # np.maximum on scalars: the loop vectorises to vmaxps
-            row = body[j]
+        m0 = gbuf[:G].max()
+        fused = want_lse and m0 > NEG_INF
+        if fused:  # exp(x - m0) summed per group lane while the maxima are taken: one read of x
             for g in range(G):
-                gbuf[g] = np.maximum(row[g], gbuf[g])
+                acc[g] = _exp_small(body[0, g] - m0)
+            for j in range(1, s):
+                row = body[j]
+                for g in range(G):
+                    v = row[g]
+                    gbuf[g] = np.maximum(v, gbuf[g])
+                    acc[g] += _exp_small(v - m0)
+        else:
+            for j in range(1, s):  # np.maximum on scalars: the loop vectorises to vmaxps
+                row = body[j]
+                for g in range(G):
+                    gbuf[g] = np.maximum(row[g], gbuf[g])
         for g in range(n - s * G):  # the last columns join the first groups: groups only need to be disjoint
-            gbuf[g] = np.maximum(x[s * G + g], gbuf[g])
+            v = x[s * G + g]
+            gbuf[g] = np.maximum(v, gbuf[g])
+            if fused:
+                acc[g] += _exp_small(v - m0)
         mx = gbuf[:G].max()
+        if want_lse:
+            if fused and mx - m0 <= np.float32(80.0):  # no term overflowed exp's range
+                lse = np.float32(m0 + np.log(np.sum(acc[:G].astype(np.float64))))
+            else:
+                lse = _row_lse(x, n, mx)
         t = _threshold(gbuf, G, kk, mono)
     else:  # too short for the bound to pay: every valid entry is a candidate
         t = NEG_INF
@@ -156,33 +189,33 @@ def _row_topk(x, n, kk, gbuf, mono, keys, top):
         for i in range(m):
             v = x[_key_pos(keys[i])]
             mx = v if v > mx else mx
-    cnt = min(m, kk)
-    if m > kk:
-        _partition_largest(keys, m, kk)
-    top[:cnt] = keys[:cnt]  # the kk largest keys, not yet ordered: _rank_more orders them on demand
-    return cnt, mx
+        if want_lse:
+            lse = _row_lse(x, n, mx)
+    if m > 2 * kk:  # many ties at t: keep the kk largest only (the union never ranks deeper than kk)
+        _move_largest(keys, 0, m, kk)
+        m = kk
+    top[:m] = keys[:m]  # the candidates' keys, not yet ordered: _rank_more orders them on demand
+    return m, mx, lse
 
 
 @njit(nogil=True, cache=True)
-def _rank_more(hkeys, ready, cnt):
-    """hkeys[:ready] are ranked (descending); rank the next RANK_CHUNK of hkeys[:cnt] -> new ready.
+def _rank_more(hkeys, ready, m):
+    """hkeys[:ready] are ranked (descending); rank the next RANK_CHUNK of hkeys[:m] -> new ready.
     The round-robin union rarely goes deep (rank ~25 of 100 at W1 with 4 heads), so ordering the
-    kk survivors a chunk at a time instead of sorting them all saves most of the sort."""
-    n = min(RANK_CHUNK, cnt - ready)
-    rest = hkeys[ready:cnt]
-    if cnt - ready > n:
-        _partition_largest(rest, cnt - ready, n)
-    head = rest[:n]
-    head.sort()
-    head[:] = head[::-1].copy()
+    candidates a chunk at a time instead of sorting them all saves most of the sort."""
+    n = min(RANK_CHUNK, m - ready)
+    if m - ready > n:
+        _move_largest(hkeys, ready, m, n)
+    _sort_desc(hkeys, ready, ready + n)
     return ready + n
 
 
 @njit(inline="always")
-def _exp_nonpos(d):
-    """exp(d) for d <= 0 (-inf -> ~1e-38, below what a sum of >= 1 can see): Cody-Waite reduction and
-    the Cephes expf polynomial (~1 ulp), written so that LLVM vectorises the loop that calls it."""
-    d = d if d > np.float32(-87.0) else np.float32(-87.0)
+def _exp_small(d):
+    """exp(d) for d <= 88; below -80 (and -inf) it gives exp(-80) ~ 2e-35, which no sum that holds a
+    term >= 1 can see, and no float32 denormal (whose arithmetic is ~100x slower on x86). Cody-Waite
+    reduction and the Cephes expf polynomial (~1 ulp), written so that LLVM vectorises the loop."""
+    d = d if d > np.float32(-80.0) else np.float32(-80.0)
     n = np.floor(d * np.float32(1.44269504) + np.float32(0.5))
     r = d - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
     p = np.float32(1.9875691500e-4)
@@ -200,7 +233,7 @@ def _sum_exp(x, lo, hi, mx):
     """sum of exp(x[lo:hi] - mx) in float32 (vectorised: reassociation allowed)."""
     s = np.float32(0.0)
     for i in range(lo, hi):
-        s += _exp_nonpos(x[i] - mx)
+        s += _exp_small(x[i] - mx)
     return s
 
 
@@ -222,8 +255,9 @@ def _select_rows(alpha, lengths, k, lo, hi, positions, alpha_sel, lse, want_lse)
     kmax = min(k, L)
     gbuf = np.empty(2 * kmax + 1, np.float32)
     mono = np.empty(2 * kmax + 1, np.int32)
+    acc = np.empty(2 * kmax + 1, np.float32)
     keys = np.empty(L + 1, np.int64)
-    top = np.empty((A, kmax + 1), np.int64)
+    top = np.empty((A, 2 * kmax + 1), np.int64)  # per head: the candidates' keys (<= 2 kk of them)
     cnt = np.zeros(A, np.int64)
     ready = np.zeros(A, np.int64)  # ranks of head a ordered so far (_rank_more)
     stamp = np.full(L + 1, -1, np.int64)  # stamp[p] == r: position p already in row r's union
@@ -234,11 +268,11 @@ def _select_rows(alpha, lengths, k, lo, hi, positions, alpha_sel, lse, want_lse)
         for a in range(A):
             x = alpha[b, a, c]
             if kk > 0:
-                cnt[a], mx = _row_topk(x, n, kk, gbuf, mono, keys, top[a])
+                cnt[a], mx, row_lse = _row_topk(x, n, kk, gbuf, mono, keys, top[a], acc, want_lse)
             else:
-                cnt[a], mx = 0, NEG_INF
+                cnt[a], row_lse = 0, np.float32(0.0)
             if want_lse:
-                lse[b, c, a] = _row_lse(x, n, mx)
+                lse[b, c, a] = row_lse
         ready[:] = 0
         got = 0
         for rank in range(kk):
