@@ -76,7 +76,7 @@ def round_robin_select(alpha: torch.Tensor, k: int, lengths: torch.Tensor | None
     The machinery (a compiled CPU kernel, torch ops elsewhere) lives in twin.kernels.
     """
     if lengths is None:
-        lengths = torch.full((alpha.shape[0],), alpha.shape[-1], dtype=torch.int64)
+        lengths = torch.full((alpha.shape[0],), alpha.shape[-1], dtype=torch.int64, device=alpha.device)
     positions, alpha_sel, lse = kernels.select(alpha, lengths, k, want_lse)
     return positions, positions >= 0, alpha_sel, lse
 

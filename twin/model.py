@@ -222,10 +222,11 @@ class TwinCTR(nn.Module):
         if self.cfg.gsu == "recent":
             positions, valid = recent_topk(seq_mask, alpha.shape[2], self.cfg.top_k)
             return positions, valid, gather_alpha(alpha, positions), full_lse(alpha) if want_lse else None
-        L = seq_mask.shape[1]
-        # behaviors lie in a prefix; the kernel scans up to the last valid one (-inf marks any hole)
-        lengths = torch.where(seq_mask.any(1), L - seq_mask.flip(1).to(torch.int8).argmax(1), 0)
-        return round_robin_select(alpha, self.cfg.top_k, lengths.cpu(), want_lse)
+        lengths = None  # the CPU kernel scans each user up to its last valid behavior (-inf marks any hole)
+        if alpha.device.type == "cpu":  # (elsewhere -inf alone: no host sync for it)
+            L = seq_mask.shape[1]
+            lengths = torch.where(seq_mask.any(1), L - seq_mask.flip(1).to(torch.int8).argmax(1), 0)
+        return round_robin_select(alpha, self.cfg.top_k, lengths, want_lse)
 
     def _short_term(self, q_emb, recent_emb, recent_mask) -> torch.Tensor:
         """q_emb [B, C, H], recent_emb [B, S, H+Cx], recent_mask [B, S] -> [B, C, d_out]"""
