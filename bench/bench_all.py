@@ -77,7 +77,10 @@ TARGETS = [  # (label, workload, value getter, bound, "<=" or ">=")
     ("TWIN forward p99 ms", "W2", lambda w: w["parts"]["twin"]["p99_ms"], 60.0, "<="),
     ("raw MHTA p50 / TWIN p50", "W1", lambda w: w["ratios"]["raw_mhta_over_twin"], 3.0, ">="),
     ("raw MHTA p50 / TWIN p50", "W2", lambda w: w["ratios"]["raw_mhta_over_twin"], 3.0, ">="),
-    ("K_h projection cost removed by the cached gather", "W1", lambda w: w["ratios"]["kh_cost_removed"], 0.99, ">="),
+    ("K_h projection cost removed by the cached gather (user new to the process)", "W1",
+     lambda w: w["ratios"]["kh_cost_removed"], 0.99, ">="),
+    ("K_h projection cost removed, warm user (user-sequence cache)", "W1",
+     lambda w: w["ratios"]["kh_cost_removed_warm_user"], 0.99, ">="),
 ]
 
 
