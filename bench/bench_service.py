@@ -360,7 +360,7 @@ async def bench(quick: bool) -> None:
     res = await measure_http(quick, log=lambda m: print(m, file=sys.stderr))
     print(f"\n### W1 (L={L:,}, C={C}, k={K}, {HEADS} heads), CPU\n")
     print(f"{'quick run' if quick else 'full run'}; start: {at_start}; end: {machine_line()}.  ")
-    print(f"torch threads: {res['threads']}, parallel threads: {res['parallel']} (a lone request's GEMM heads and "
+    print(f"torch threads: {res['threads']}, parallel threads: {res['parallel']} (a lone request's GEMM heads, "
           f"top-k rows; a batch's requests side by side), in the bare forward and in the service.\n")
     print("\n".join(http_table(res)))
 

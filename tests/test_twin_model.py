@@ -176,3 +176,20 @@ def test_esu_pools_the_cross_values_before_projecting_them_with_the_same_result(
     expected = torch.einsum("bcak,bckad->bcad", weights, values).flatten(-2)
     torch.testing.assert_close(heads, expected, atol=1e-5, rtol=1e-5)
     assert torch.equal(heads[0, 0], torch.zeros(A * d_v)) and torch.equal(evidence[0, 0], torch.zeros(A))
+
+
+def test_select_fills_the_full_sequence_lse_only_when_configured():
+    b = train_batch(B=3, lengths=[300, 120, 0 + 1])
+    off = tiny_model()
+    on = tiny_model(full_lse=True)
+    with torch.no_grad():
+        sb = serve_batch_from(on, b)
+        assert off.select(sb).lse_full is None
+        g = on.select(sb)
+        _, queries = on._queries(sb.cand)
+        _, bias = on._cross(sb.seq_cross, sb.seq_ts, sb.now)
+        alpha = on._full_alpha(on._split_proj(sb.seq_proj)[0], queries, bias, sb.seq_mask)  # [B, A, 1, L]
+    want = torch.logsumexp(alpha, -1).transpose(1, 2)  # [B, 1, A]: padding is -inf in alpha
+    assert g.lse_full.shape == (3, 1, on.cfg.n_heads)
+    torch.testing.assert_close(g.lse_full, want, rtol=1e-5, atol=0)
+    assert torch.equal(on.score(sb).scores, off.score(sb).scores)  # the tower does not read it (yet)
