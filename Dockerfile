@@ -32,6 +32,8 @@ COPY service ./service
 COPY loadtest ./loadtest
 COPY bench ./bench
 RUN pip install .
+# compile the CPU selection kernel into numba's cache inside the venv (the service's first start skips ~15 s)
+RUN cd / && python -c "from twin.kernels.cpu_gsu import compile_now; compile_now()"
 
 # --- what every runtime image shares: the venv, a non-root user, writable /app and /models
 FROM ${PYTHON_IMAGE} AS runtime-base

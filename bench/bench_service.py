@@ -1,14 +1,19 @@
 """Service benchmark, workload W1 (L = 10,000 behaviors, 100 candidates, k = 100, 4 heads).
 
 One run measures, on the same data and the same machine state:
-  * bare forward: `model.score` on the exact tensors one request produces (B = 1, float16 cached
-    projections as the local cache hands them over), no I/O, on as many torch threads as the
-    service's inference thread uses;
-  * the full HTTP path: a real `python -m service` (uvicorn, uvloop, httptools) on loopback, with
-    Redis reads, the local projection cache, micro-batching and JSON, at concurrency 1, 8 and 32.
-At concurrency 1 the bare forward and the HTTP path are measured in alternating rounds, so their
-ratio is not skewed by other jobs' load coming and going during the run. The output states the date,
-the load averages and the thread counts, so the figures can be read in context.
+  * bare forward: the engine's forward (service.engine.forward.run_batch, with the worker's branch
+    threads) on exactly what one request hands the inference thread (B = 1, float16 cached
+    projections as the local cache hands them over), no I/O, on the service's threads;
+  * the full HTTP path, warm: a real `python -m service` (uvicorn, uvloop, httptools) on loopback,
+    with Redis reads, the local projection cache, micro-batching and JSON, at concurrency 1, 8 and 32,
+    for 64 users whose sequences are all in the user-sequence cache (warmed first);
+  * the HTTP path, cold: a second service process with the user-sequence cache off and a projection
+    cache of 20,000 items, cycling over 64 other users whose histories use disjoint item ranges
+    (3,000 items each, 192,000 in all): every request reads its behaviors from Redis and finds
+    almost none of its projections in the process, so they come from Redis too.
+At concurrency 1 the bare forward, the warm and the cold HTTP path are measured in alternating rounds,
+so their ratios are not skewed by other jobs' load coming and going during the run. The output states
+the date, the load averages and the thread counts, so the figures can be read in context.
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams (pre-encoded
 requests), so the client steals as little CPU as possible from the server on a small machine.
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -25,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,19 +46,23 @@ from cache.layout import Keys
 from cache.projection_store import ProjectionStore
 from model_store.registry import ModelRegistry
 from service.engine.buckets import serving_buckets
+from service.engine.forward import run_batch
+from service.engine.request import ScoreInputs
+from service.engine.slot import ModelSlot
 from service.engine.worker import default_parallel_threads, default_threads
 from service.malloc_tuning import keep_freed_memory
 from service.settings import Settings
 from service.seeding import load_catalog, load_histories, project
 from training.schemas import synthetic_schema
 from twin.config import TwinConfig
-from twin.cpu_threads import set_cpu_threads
-from twin.model import ServeBatch, TwinCTR
+from twin.kernels.cpu_threads import set_cpu_threads
+from twin.model import TwinCTR
 
 L, C, K, HEADS = 10_000, 100, 100, 4
 MAX_CAND = 128  # the service's max_candidates in this run
 N_ITEMS, N_AUTHORS, N_CATS = 200_000, 20_000, 200
 N_USERS = 64
+COLD_USER0, COLD_ITEMS_PER_USER, COLD_CACHE_ITEMS = 1_000, 3_000, 20_000
 NOW = 1_764_400_000_000
 
 
@@ -66,10 +77,18 @@ def items(ids: np.ndarray) -> np.ndarray:
 
 
 def user_block(uid: int) -> BehaviorBlock:
+    """Zipf(1.1) items over the catalog; cold users (uid >= COLD_USER0) draw from their own disjoint
+    range of COLD_ITEMS_PER_USER items, so no other user's request brings their projections in."""
     g = np.random.default_rng(uid)
     ts = NOW - np.sort(g.integers(60_000, 10**11, L))
     cross = np.stack([g.random(L, dtype=np.float32), (g.random(L) > 0.7).astype(np.float32)], 1)
-    return BehaviorBlock(item_id=g.zipf(1.1, L).astype(np.int64) % N_ITEMS, ts=ts.astype(np.int64), cross=cross, total=L)
+    item = g.zipf(1.1, L).astype(np.int64)
+    if uid >= COLD_USER0:
+        item = ((uid - COLD_USER0) * COLD_ITEMS_PER_USER + item % COLD_ITEMS_PER_USER) % N_ITEMS
+    return BehaviorBlock(item_id=item % N_ITEMS, ts=ts.astype(np.int64), cross=cross, total=L)
+
+
+COLD_USERS = list(range(COLD_USER0, COLD_USER0 + N_USERS))
 
 
 def candidates(uid: int) -> list[int]:
@@ -81,14 +100,15 @@ async def seed(url: str, keys: Keys, model: TwinCTR, version: str) -> None:
     try:
         ids = np.arange(N_ITEMS, dtype=np.int64)
         await load_catalog(h.client, keys, ids, items(ids))
-        await load_histories(h.client, keys, 2, list(range(N_USERS)), [user_block(u) for u in range(N_USERS)])
+        users = list(range(N_USERS)) + COLD_USERS
+        await load_histories(h.client, keys, 2, users, [user_block(u) for u in users])
         await project(h.client, keys, model, version, 4)
     finally:
         await h.aclose()
 
 
-async def bare_batch(url: str, keys: Keys, model: TwinCTR, version: str, uid: int) -> ServeBatch:
-    """The tensors the service builds for one request (B = 1), read from the same Redis: float16
+async def bare_inputs(url: str, keys: Keys, model: TwinCTR, version: str, uid: int) -> ScoreInputs:
+    """What the service hands its inference thread for one request, read from the same Redis: float16
     projections (the model converts the key half and the selected value rows itself)."""
     h = await open_redis(url)
     try:
@@ -97,25 +117,34 @@ async def bare_batch(url: str, keys: Keys, model: TwinCTR, version: str, uid: in
         recent, _ = await CatalogStore(h.client, keys, 4).get(block.item_id[:model.cfg.short_len])
     finally:
         await h.aclose()
-    t = torch.from_numpy
-    return ServeBatch(seq_proj=t(np.asarray(proj, np.float16))[None], seq_cross=t(block.cross)[None],
-                      seq_ts=t(block.ts)[None], seq_mask=torch.ones(1, L, dtype=torch.bool),
-                      recent_items=t(recent)[None], cand=t(items(np.array(candidates(uid))))[None],
-                      cand_mask=torch.ones(1, C, dtype=torch.bool), now=torch.tensor([NOW]), hist_len=torch.tensor([L]))
+    return ScoreInputs(slot=None, seq_proj=torch.from_numpy(np.asarray(proj, np.float16)), seq_cross=block.cross,  # type: ignore[arg-type]
+                       seq_ts=block.ts, recent=np.asarray(recent), cand=items(np.array(candidates(uid))), now=NOW,
+                       hist_len=L)
 
 
-def time_bare(model: TwinCTR, batches: list[ServeBatch], n: int, warm: int = 5) -> list[float]:
-    """-> n wall-clock latencies (ms) of model.score, cycling over the batches (the users the HTTP
-    rounds cycle over: a single batch would sit in the CPU caches and flatter the bare forward)."""
-    with torch.inference_mode():
-        for i in range(warm):
-            model.score(batches[i % len(batches)])
-        out = []
-        for i in range(n):
-            t0 = time.perf_counter()
-            model.score(batches[i % len(batches)])
-            out.append((time.perf_counter() - t0) * 1e3)
+def time_bare(slot: ModelSlot, inputs: list[ScoreInputs], n: int, warm: int = 5,
+              branches: Executor | None = None, n_branches: int = 1) -> list[float]:
+    """-> n wall-clock latencies (ms) of the engine's forward (service.engine.forward.run_batch, B = 1,
+    the worker's branch threads) without any I/O, cycling over the users the HTTP rounds cycle over
+    (a single one would sit in the CPU caches and flatter the bare forward)."""
+    reqs = [dataclasses.replace(it, slot=slot, seq_proj=it.seq_proj.to(slot.device)) for it in inputs]
+    for i in range(warm):
+        run_batch(slot, [reqs[i % len(reqs)]], branches, n_branches)
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        run_batch(slot, [reqs[i % len(reqs)]], branches, n_branches)
+        out.append((time.perf_counter() - t0) * 1e3)
     return out
+
+
+def bare_slot(model: TwinCTR, device: str) -> ModelSlot:
+    """A ModelSlot for run_batch alone: the engine reads its model, device and bucket fields only."""
+    dev = torch.device(device)
+    return ModelSlot(version="bench", model=model.to(dev), manifest=None, device=dev,  # type: ignore[arg-type]
+                     autocast=torch.float16 if dev.type == "cuda" else None, seq_len=L,
+                     seq_buckets=serving_buckets(64, L, dev.type, align=64), cand_buckets=serving_buckets(8, MAX_CAND, dev.type),
+                     behaviors=None, catalog=None, local_cache=None)  # type: ignore[arg-type]
 
 
 # ---- a minimal HTTP/1.1 keep-alive client -------------------------------------------------------
@@ -218,7 +247,30 @@ def machine_line() -> str:
             f"load average {load1:.2f} / {load5:.2f} / {load15:.2f} (1 / 5 / 15 min)")
 
 
-async def bench(quick: bool) -> None:
+def service_env(url: str, keys: Keys, models: Path, port: int, threads: int, parallel: int, cold: bool,
+                device: str = "cpu") -> dict:
+    env = {**os.environ, "REDIS_URL": url, "TWIN_REDIS_PREFIX": keys.prefix, "TWIN_MODEL_ROOT": str(models),
+           "TWIN_PORT": str(port), "TWIN_DEVICE": device, "TWIN_MAX_CANDIDATES": str(MAX_CAND),
+           "TWIN_EMBEDDED_REDIS_DIR": "", "TWIN_DEADLINE_MS": "10000", "TWIN_TORCH_THREADS": str(threads),
+           "TWIN_PARALLEL_THREADS": str(parallel),
+           # the CPU default buckets (8 steps per octave), explicit so the run does not depend on who
+           # picks the defaults: power-of-two buckets would pad W1's 100 candidates to 128
+           "TWIN_SEQ_BUCKETS": json.dumps(serving_buckets(64, L, device, align=64)),
+           "TWIN_CAND_BUCKETS": json.dumps(serving_buckets(8, MAX_CAND, device))}
+    if cold:  # no user-sequence cache; a projection cache far smaller than the cold users' 192,000 items
+        env.update(TWIN_USER_CACHE_MB="0", TWIN_LOCAL_CACHE_CAPACITY=str(COLD_CACHE_ITEMS))
+    return env
+
+
+def summarize(r: Run) -> dict:
+    return {"p50_ms": pct(r.lat, 50), "p99_ms": pct(r.lat, 99), "req_per_s": len(r.lat) / r.secs,
+            "errors": r.errors, "degraded": r.degraded, "requests": len(r.lat),
+            "server_p50_ms": {k: pct(v, 50) for k, v in r.stages.items() if v}}
+
+
+async def measure_http(quick: bool, log=print, device: str = "cpu") -> dict:
+    """The whole HTTP part: seeds a private key prefix, runs the warm and the cold service, returns
+    {"bare": {...}, "warm": {conc: {...}}, "cold": {conc: {...}}, "threads": ..., "parallel": ...}."""
     from cache.connection import EmbeddedRedis
 
     emb = None
@@ -228,14 +280,13 @@ async def bench(quick: bool) -> None:
         url = f"unix://{emb.socket_path}"
     keys = Keys(prefix=f"bench{os.getpid()}")
     tmp = Path(tempfile.mkdtemp(prefix="twin-bench-"))
-    proc = None
-    threads = default_threads(torch.device("cpu"))  # what the service's inference thread runs on
-    parallel = default_parallel_threads(torch.device("cpu"))
+    procs: list[subprocess.Popen] = []
+    threads = default_threads(torch.device(device))  # what the service's inference thread runs on
+    parallel = default_parallel_threads(torch.device(device))
     set_cpu_threads(parallel)  # a lone request: what the service does with its parallel threads
     keep_freed_memory(Settings.model_fields["malloc_keep_mb"].default)  # as `python -m service` does
-    torch.set_num_threads(threads)
-    at_start = machine_line()
-    rounds, per_round_s, conc_s = (3, 2.0, 4.0) if quick else (5, 4.0, 15.0)
+    torch.set_num_threads(max(threads, 1))
+    rounds, per_round_s, conc_s = (3, 2.0, 4.0) if quick else (5, 4.0, 12.0)
     try:
         model = w1_model()
         reg = ModelRegistry(tmp / "models")
@@ -243,49 +294,75 @@ async def bench(quick: bool) -> None:
         reg.activate(version)
         t0 = time.perf_counter()
         await seed(url, keys, model, version)
-        print(f"seeded {N_ITEMS:,} items, {N_USERS} users x {L:,} behaviors, projections in "
-              f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        batches = [await bare_batch(url, keys, model, version, u) for u in range(N_USERS)]
-        port = free_port()
-        env = {**os.environ, "REDIS_URL": url, "TWIN_REDIS_PREFIX": keys.prefix, "TWIN_MODEL_ROOT": str(tmp / "models"),
-               "TWIN_PORT": str(port), "TWIN_DEVICE": "cpu", "TWIN_MAX_CANDIDATES": str(MAX_CAND),
-               "TWIN_EMBEDDED_REDIS_DIR": "", "TWIN_DEADLINE_MS": "10000", "TWIN_TORCH_THREADS": str(threads),
-               "TWIN_PARALLEL_THREADS": str(parallel),
-               # the CPU default buckets (8 steps per octave), explicit so the run does not depend on who
-               # picks the defaults: power-of-two buckets would pad W1's 100 candidates to 128
-               "TWIN_SEQ_BUCKETS": json.dumps(serving_buckets(64, L, "cpu", align=64)),
-               "TWIN_CAND_BUCKETS": json.dumps(serving_buckets(8, MAX_CAND, "cpu"))}
-        proc = subprocess.Popen([sys.executable, "-m", "service", "--log-level", "warning"], env=env)
-        await wait_ready(port)
-        reqs = [request_bytes(port, u) for u in range(N_USERS)]
-        await load(port, 4, reqs, n=2 * N_USERS)  # every user once through the local cache and the paths
-        # Concurrency 1, alternating with the bare forward: both see the same load over the run.
+        log(f"seeded {N_ITEMS:,} items, {2 * N_USERS} users x {L:,} behaviors, projections in "
+            f"{time.perf_counter() - t0:.1f}s")
+        bare_in = [await bare_inputs(url, keys, model, version, u) for u in range(N_USERS)]
+        slot = bare_slot(model, device)
+        branches = (ThreadPoolExecutor(parallel - 1, initializer=torch.set_num_threads, initargs=(threads,))
+                    if device == "cpu" and parallel > 1 else None)  # as the service's InferenceWorker has them
+        ports = {"warm": free_port(), "cold": free_port()}
+        for kind, port in ports.items():
+            env = service_env(url, keys, tmp / "models", port, threads, parallel, cold=kind == "cold", device=device)
+            procs.append(subprocess.Popen([sys.executable, "-m", "service", "--log-level", "warning"], env=env))
+        for port in ports.values():
+            await wait_ready(port)
+        reqs = {"warm": [request_bytes(ports["warm"], u) for u in range(N_USERS)],
+                "cold": [request_bytes(ports["cold"], u) for u in COLD_USERS]}
+        await load(ports["warm"], 4, reqs["warm"], n=2 * N_USERS)  # every warm user once through the caches
+        await load(ports["cold"], 1, reqs["cold"][:2], n=4)  # the cold process's own first-call costs
+        # Concurrency 1, alternating: bare forward, warm HTTP, cold HTTP see the same load over the run.
         bare: list[float] = []
-        one = Run()
+        one = {"warm": Run(), "cold": Run()}
         for _ in range(rounds):
-            bare += time_bare(model, batches, int(per_round_s * 1e3 / 2 / 40), warm=2)
-            one.add(await load(port, 1, reqs, seconds=per_round_s / 2))
-        runs = [(1, one)] + [(c, await load(port, c, reqs, seconds=conc_s)) for c in (8, 32)]
+            bare += time_bare(slot, bare_in, int(per_round_s * 1e3 / 2 / 40), 2, branches, parallel)
+            for kind in ("warm", "cold"):
+                one[kind].add(await load(ports[kind], 1, reqs[kind], seconds=per_round_s / 2))
+        out: dict = {"bare": {"p50_ms": pct(bare, 50), "p99_ms": pct(bare, 99), "n": len(bare)},
+                     "warm": {1: summarize(one["warm"])}, "cold": {1: summarize(one["cold"])},
+                     "threads": threads, "parallel": parallel}
+        for conc in (8, 32):
+            out["warm"][conc] = summarize(await load(ports["warm"], conc, reqs["warm"], seconds=conc_s))
+        out["cold"][32] = summarize(await load(ports["cold"], 32, reqs["cold"], seconds=conc_s))
+        return out
     finally:
-        if proc is not None:
+        for proc in procs:
             proc.terminate()
             proc.wait(timeout=30)
         if emb is not None:
             emb.stop()
-    b50, b99 = pct(bare, 50), pct(bare, 99)
+        h = await open_redis(url) if emb is None else None
+        if h is not None:  # our prefix only; never a flush
+            try:
+                async for k in h.client.scan_iter(match=f"{keys.prefix}*", count=1000):
+                    await h.client.unlink(k)
+            finally:
+                await h.aclose()
+
+
+def http_table(res: dict) -> list[str]:
+    b50 = res["bare"]["p50_ms"]
+    lines = [f"bare forward (the engine's run_batch, B=1, no I/O): p50 {b50:.2f} ms, p99 {res['bare']['p99_ms']:.2f} ms "
+             f"({res['bare']['n']} calls, interleaved with the concurrency-1 rounds)", "",
+             "| path | concurrency | HTTP p50 ms | HTTP p99 ms | req/s | p50 / bare p50 | errors | degraded | requests "
+             "| server p50 ms: queue / fetch / gsu / esu / total |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for kind in ("warm", "cold"):
+        for conc, r in res[kind].items():
+            split = " / ".join(f"{r['server_p50_ms'][k]:.1f}" if k in r["server_p50_ms"] else "-"
+                               for k in ("queue", "fetch", "gsu", "esu", "total"))
+            lines.append(f"| {kind} | {conc} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['req_per_s']:.1f} | "
+                         f"{r['p50_ms'] / b50:.2f}x | {r['errors']} | {r['degraded']} | {r['requests']} | {split} |")
+    return lines
+
+
+async def bench(quick: bool) -> None:
+    at_start = machine_line()
+    res = await measure_http(quick, log=lambda m: print(m, file=sys.stderr))
     print(f"\n### W1 (L={L:,}, C={C}, k={K}, {HEADS} heads), CPU\n")
     print(f"{'quick run' if quick else 'full run'}; start: {at_start}; end: {machine_line()}.  ")
-    print(f"torch threads: {threads}, parallel threads: {parallel} (a lone request's GEMM heads and top-k rows; a batch's requests side by side), in the bare forward and in the service.\n")
-    print(f"bare forward `model.score` (B=1, float16 projections): p50 {b50:.2f} ms, p99 {b99:.2f} ms, "
-          f"{1e3 / b50:.1f} req/s ({len(bare)} calls, interleaved with the concurrency-1 rounds)\n")
-    print("| concurrency | HTTP p50 ms | HTTP p99 ms | req/s | HTTP p50 / bare p50 | errors | degraded | requests "
-          "| server p50 ms: queue / fetch / gsu / esu / total |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for conc, r in runs:
-        split = " / ".join(f"{pct(r.stages[k], 50):.1f}" if r.stages.get(k) else "-"
-                           for k in ("queue", "fetch", "gsu", "esu", "total"))
-        print(f"| {conc} | {pct(r.lat, 50):.2f} | {pct(r.lat, 99):.2f} | {len(r.lat) / r.secs:.1f} | "
-              f"{pct(r.lat, 50) / b50:.2f}x | {r.errors} | {r.degraded} | {len(r.lat)} | {split} |")
+    print(f"torch threads: {res['threads']}, parallel threads: {res['parallel']} (a lone request's GEMM heads, "
+          f"top-k rows; a batch's requests side by side), in the bare forward and in the service.\n")
+    print("\n".join(http_table(res)))
 
 
 def main() -> None:

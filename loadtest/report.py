@@ -6,7 +6,9 @@
         --out reports/loadtest
 
 Gate (exit code 1 when it fails): any failed request, an exception in the locustfile's code, no
-successful score request, or the client-side p99 of POST /v1/score above the budget. The gate uses the client's view because that is what a
+successful score request, the client-side p99 of POST /v1/score above the budget, or, when the run
+measured a baseline just before the load (loadtest.baseline), a ratio above its bound: HTTP p99 over
+the bare forward's p99, or the bare forward over the hardware floor. The gate uses the client's view because that is what a
 caller lives with; the server stages explain where the time went.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtest.baseline import Baseline, ratios
 from loadtest.locust_csv import AGGREGATED, EndpointStats, read_exceptions, read_failures, read_history, read_stats
 from loadtest.plots import plot_latency, plot_throughput
 from loadtest.prom import Snapshot, delta, histogram_mean, histogram_quantile, merge, parse_metrics
@@ -103,7 +106,9 @@ def server_stats(before: list[Snapshot], after: list[Snapshot]) -> ServerStats:
 
 
 def gate(stats: dict[str, EndpointStats], budget_ms: float, endpoint: str = SCORE_NAME,
-         user_exceptions: int = 0) -> GateResult:
+         user_exceptions: int = 0, baseline: Baseline | None = None, bounds: dict[str, float] | None = None
+         ) -> GateResult:
+    """bounds: ratio name (loadtest.baseline.ratios) -> the largest value that passes."""
     if budget_ms <= 0:
         raise ValueError(f"budget_ms must be > 0, got {budget_ms}")
     reasons = []
@@ -119,6 +124,13 @@ def gate(stats: dict[str, EndpointStats], budget_ms: float, endpoint: str = SCOR
         p99 = ep.pct("99%")
         if p99 is None or p99 > budget_ms:
             reasons.append(f"{endpoint} p99 {p99} ms > budget {budget_ms:g} ms")
+        if baseline is not None:
+            got = ratios(baseline, p99)
+            for name, bound in (bounds or {}).items():
+                if name not in got:
+                    reasons.append(f"ratio {name} could not be measured")
+                elif got[name] > bound:
+                    reasons.append(f"{name} = {got[name]:.2f} > bound {bound:g} (baseline {baseline.to_dict()})")
     return GateResult(passed=not reasons, reasons=reasons)
 
 
@@ -131,7 +143,8 @@ def render_markdown(meta: dict[str, Any], stats: dict[str, EndpointStats], serve
     lines = [f"# Load test: {meta.get('workload', '?')}", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines += ["", f"## Gate: {'PASS' if result.passed else 'FAIL'}", "",
-              f"p99 of {SCORE_NAME} <= {budget_ms:g} ms and no failed request."]
+              f"p99 of {SCORE_NAME} <= {budget_ms:g} ms and no failed request"
+              + ("".join(f"; {k} <= {v:g}" for k, v in meta.get("baseline", {}).get("bounds", {}).items())) + "."]
     lines += [f"- {r}" for r in result.reasons]
     lines += ["", "## Client side (locust)", "",
               "| endpoint | requests | failures | req/s | mean ms | p50 ms | p95 ms | p99 ms | max ms |",
@@ -172,14 +185,20 @@ def render_markdown(meta: dict[str, Any], stats: dict[str, EndpointStats], serve
 
 def build_report(csv_prefix: str | Path, out_dir: str | Path, budget_ms: float,
                  metrics_before: list[str] | None = None, metrics_after: list[str] | None = None,
-                 meta: dict[str, Any] | None = None) -> GateResult:
+                 meta: dict[str, Any] | None = None, baseline: Baseline | None = None,
+                 bounds: dict[str, float] | None = None) -> GateResult:
     """Reads the run's files, writes report.md, summary.json and the plots into out_dir; returns the gate."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
     stats = read_stats(csv_prefix)
     exceptions = read_exceptions(csv_prefix)
-    result = gate(stats, budget_ms, user_exceptions=sum(int(e["Count"]) for e in exceptions))
+    result = gate(stats, budget_ms, user_exceptions=sum(int(e["Count"]) for e in exceptions),
+                  baseline=baseline, bounds=bounds)
+    if baseline is not None:
+        ep = stats.get(SCORE_NAME)
+        meta["baseline"] = {**baseline.to_dict(), "ratios": ratios(baseline, ep.pct("99%") if ep else None),
+                            "bounds": bounds or {}}
     server = None
     if metrics_before or metrics_after:
         server = server_stats([parse_metrics(t) for t in metrics_before or []],
@@ -195,7 +214,7 @@ def build_report(csv_prefix: str | Path, out_dir: str | Path, budget_ms: float,
     failures = read_failures(csv_prefix)
     (out / "report.md").write_text(render_markdown(meta, stats, server, result, failures, plots, budget_ms))
     summary = {
-        "meta": meta, "budget_ms": budget_ms, "gate": asdict(result),
+        "meta": meta, "budget_ms": budget_ms, "gate": asdict(result), "ratio_bounds": bounds or {},
         "client": {name: asdict(s) for name, s in stats.items()},
         "server": None if server is None else {**asdict(server), "cache_hit_rate": server.cache_hit_rate},
     }

@@ -4,8 +4,9 @@
         --run-time 60s --budget-ms 30 --out reports/loadtest
     python -m loadtest.run --host http://127.0.0.1:8000 --smoke        # ~20 s, 4 users
 
-Steps: wait for /health/ready, scrape /metrics of every replica, run locust (a subprocess with a
-hard timeout, so the run always ends), scrape again, write report.md / summary.json / PNGs.
+Steps: wait for /health/ready, measure the baseline when a ratio is gated (the active model's bare
+forward and its hardware floor, loadtest.baseline), scrape /metrics of every replica, run locust (a
+subprocess with a hard timeout, so the run always ends), scrape again, write report.md / summary.json / PNGs.
 Exit code: 0 gate passed, 1 gate failed, 2 the run itself could not be done.
 
 Targets must be loopback addresses (this tool generates real load; it is not for other people's
@@ -29,6 +30,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from loadtest.baseline import measure as measure_baseline
 from loadtest.profiles import PROFILES, get_profile
 from loadtest.prom import scrape
 from loadtest.report import build_report
@@ -190,6 +192,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--allow-private", action="store_true", help="also admit private-network targets")
     ap.add_argument("--expect-workers", type=int, default=0, help="run as master and wait for N locust workers")
     ap.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for /health/ready")
+    ap.add_argument("--max-http-over-forward", type=float,
+                    help="gate: bound on HTTP p99 / bare forward p99, both measured in this run (loadtest.baseline)")
+    ap.add_argument("--max-forward-over-floor", type=float,
+                    help="gate: bound on bare forward p50 / GEMM+read floor p50, measured just before the load")
+    ap.add_argument("--model-root", default=os.environ.get("TWIN_MODEL_ROOT", "var/models"),
+                    help="registry whose active model the baseline runs (default: env TWIN_MODEL_ROOT)")
     args = ap.parse_args(argv)
     base = SMOKE if args.smoke else DEFAULTS
     for k, v in base.items():
@@ -226,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.metrics_each_address:
             metrics_urls = [u for url in metrics_urls for u in expand_addresses(url)]
         wait_ready(args.host, args.ready_timeout)
+        bounds = {name: v for name, v in (("http_p99_over_forward_p99", args.max_http_over_forward),
+                                          ("forward_over_floor", args.max_forward_over_floor)) if v is not None}
+        baseline = None
+        if bounds:  # just before the load, on the same box: the reference the ratios are read against
+            seq_len = args.seeded_len or _env_int("TWIN_MAX_SEQ_LEN")
+            baseline = measure_baseline(Path(args.model_root), get_profile(args.profile).candidates, seq_len)
+            log.info("baseline: %s", baseline)
         before = _scrape_all(metrics_urls, out, "before")
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         cmd = locust_command(args, out / "locust")
@@ -254,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         "seeded_history": seeded_note(profile.seq_len, args.seeded_len),
         "replicas_scraped": len(metrics_urls), "started_utc": started, "locust_exit_code": rc,
     }
-    result = build_report(out / "locust", out, args.budget_ms, before or None, after or None, meta)
+    result = build_report(out / "locust", out, args.budget_ms, before or None, after or None, meta,
+                          baseline=baseline, bounds=bounds)
     print((out / "report.md").read_text())
     print(f"gate: {'PASS' if result.passed else 'FAIL'}; report: {out / 'report.md'}")
     return 0 if result.passed else 1

@@ -203,3 +203,33 @@ def test_gate_fails_when_no_score_request_succeeded(tmp_path):
     assert not broken.passed and "raised 3 exception" in broken.reasons[0]
     with pytest.raises(ValueError, match="budget_ms"):
         report.gate(stats, budget_ms=0)
+
+
+def test_ratio_gate_fails_a_2x_regression_that_the_absolute_budget_lets_through(tmp_path):
+    from loadtest.baseline import Baseline
+
+    write_locust_csvs(tmp_path / "locust", score_p99=40)  # 40 ms: far inside a 650 ms smoke budget
+    stats = read_stats(tmp_path / "locust")
+    bounds = {"http_p99_over_forward_p99": 3.0, "forward_over_floor": 4.0}
+    healthy = Baseline(seq_len=1000, candidates=100, forward_p50_ms=5.0, forward_p99_ms=20.0, floor_p50_ms=2.0, calls=30,
+                       forward_over_floor=2.5)
+    assert report.gate(stats, budget_ms=650, baseline=healthy, bounds=bounds).passed  # 2.0 and 2.5
+    slow_serving = Baseline(**{**healthy.to_dict(), "forward_p99_ms": 10.0})  # HTTP adds 2x what it did
+    r = report.gate(stats, budget_ms=650, baseline=slow_serving, bounds=bounds)
+    assert not r.passed and "http_p99_over_forward_p99 = 4.00 > bound 3" in r.reasons[0]
+    slow_model = Baseline(**{**healthy.to_dict(), "forward_p50_ms": 10.0, "forward_over_floor": 5.0})  # forward 2x slower
+    r = report.gate(stats, budget_ms=650, baseline=slow_model, bounds=bounds)
+    assert not r.passed and "forward_over_floor = 5.00 > bound 4" in r.reasons[0]
+    assert report.gate(stats, budget_ms=650, baseline=slow_model).passed  # no bounds asked: no ratio gate
+
+
+def test_baseline_measures_the_active_models_forward_and_its_floor(tmp_path):
+    from loadtest.baseline import measure
+    from model_store.registry import ModelRegistry
+    from tests.twin_factory import tiny_model
+
+    reg = ModelRegistry(tmp_path / "models")
+    reg.activate(reg.publish(tiny_model(), metrics={}, data_fingerprint="baseline-test"))
+    b = measure(tmp_path / "models", candidates=20, rounds=2, per_round=2)
+    assert (b.seq_len, b.candidates, b.calls) == (300, 20, 4)  # the tiny model's max_len
+    assert 0 < b.floor_p50_ms and 0 < b.forward_p50_ms <= b.forward_p99_ms and b.forward_over_floor > 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.twin_factory import serve_batch_from, tiny_model, train_batch
-from twin import cpu_threads
+from twin.kernels import cpu_threads
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def test_serving_path_equals_training_path_fp32(full_lse, user_stats):
 
 
 def test_full_lse_is_the_log_sum_exp_of_alpha_over_every_valid_behavior():
-    from twin.attention import full_logsumexp
+    from twin.kernels.torch_gsu import full_lse
 
     model = tiny_model()
     b = serve_batch_from(model, train_batch(B=3, lengths=[300, 40, 1], C=2))
@@ -71,17 +71,20 @@ def test_full_lse_is_the_log_sum_exp_of_alpha_over_every_valid_behavior():
     for i, n in enumerate([300, 40, 1]):
         want = torch.logsumexp(alpha[i, :, :, :n], dim=-1).T  # [C, A]: only the valid behaviors count
         torch.testing.assert_close(g.lse_full[i], want, atol=1e-5, rtol=1e-5)
-    empty = torch.full((1, 4, 2, 5), float("-inf"))
-    assert torch.equal(full_logsumexp(empty), torch.zeros(1, 2, 4))  # no behavior: 0, not -inf
+    empty = torch.full((1, 4, 2, 5), float("-inf"), requires_grad=True)
+    out = full_lse(empty)
+    assert torch.equal(out, torch.zeros(1, 2, 4))  # no behavior: 0, not -inf
+    out.sum().backward()
+    assert torch.isfinite(empty.grad).all()  # and no NaN gradient for training
 
 
 def test_the_lse_grows_with_the_number_of_matching_behaviors():
-    from twin.attention import full_logsumexp
+    from twin.kernels.torch_gsu import full_lse
 
     alpha = torch.full((1, 1, 2, 1000), -10.0)  # the rest: negligible mass
     alpha[0, 0, 0, :10] = 3.0   # target 0: 10 behaviors match
     alpha[0, 0, 1, :100] = 3.0  # target 1: 100 match, same relevance each
-    lse = full_logsumexp(alpha)[0, :, 0]
+    lse = full_lse(alpha)[0, :, 0]
     assert lse[1] - lse[0] == pytest.approx(torch.log(torch.tensor(10.0)).item(), abs=0.01)
 
 
@@ -208,3 +211,10 @@ def test_esu_pools_the_cross_values_before_projecting_them_with_the_same_result(
     expected = torch.einsum("bcak,bckad->bcad", weights, values).flatten(-2)
     torch.testing.assert_close(heads, expected, atol=1e-5, rtol=1e-5)
     assert torch.equal(heads[0, 0], torch.zeros(A * d_v)) and torch.equal(evidence[0, 0], torch.zeros(A))
+
+
+def test_select_fills_the_full_sequence_lse_only_when_configured():
+    b = train_batch(B=3, lengths=[300, 120, 1])
+    off = tiny_model(full_lse=False)
+    with torch.no_grad():
+        assert off.select(serve_batch_from(off, b)).lse_full is None

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
-from twin import cpu_threads
+from twin import kernels
 
 NEG_INF = float("-inf")
 
@@ -63,205 +62,29 @@ def cross_bias(cross_parts: list[torch.Tensor], w_c: torch.Tensor, beta: torch.T
     return out
 
 
-def _order_key(vals: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """float32 values and positions (broadcastable) -> int64 keys, larger = (value desc, position asc).
+def round_robin_select(alpha: torch.Tensor, k: int, lengths: torch.Tensor | None = None, want_lse: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """CP-GSU: rank the behaviors per head by alpha, walk the rankings round-robin until k unique
+    behaviors are collected (paper sec. 4.3). Ties rank the newer behavior (smaller position) first.
 
-    The float bits are mapped to an int32 of the same order (negatives: magnitude bits flipped), put
-    above the complemented position: every key is unique, so a plain selection/sort on the keys
-    is the tie-broken order with no tie handling. -0.0 is folded into +0.0 first (they compare equal).
+    alpha   [B, A, C, L] relevance, -inf at padded behaviors
+    lengths [B] behaviors per user (the rest is padding); None = all L
+    returns positions [B, C, k] int64 in union order, -1 where fewer than k valid behaviors exist
+            valid     [B, C, k] bool
+            alpha_sel [B, C, A, k] alpha of every head at the positions (0 where -1)
+            lse       [B, C, A] log-sum-exp of alpha over ALL valid behaviors (0 if none), or None
+    The machinery (a compiled CPU kernel, torch ops elsewhere) lives in twin.kernels.
     """
-    bits = (vals + np.float32(0.0)).view(np.int32)
-    mono = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))  # int32, same order as the floats
-    return (mono.astype(np.int64) << 32) + (np.int64(0xFFFFFFFF) - pos)
-
-
-def _decode_key(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """_order_key's inverse: int64 keys -> (float32 values, int64 positions)."""
-    mono = (key >> 32).astype(np.int32)
-    bits = mono ^ ((mono >> 31) & np.int32(0x7FFFFFFF))  # the mapping is its own inverse
-    return bits.view(np.float32), np.int64(0xFFFFFFFF) - (key & np.int64(0xFFFFFFFF))
-
-
-_PAD_KEY = np.iinfo(np.int64).min  # below every real key
-
-
-def _candidate_keys(x: np.ndarray, n: int) -> np.ndarray:
-    """Order keys [R, W] of a candidate set holding every entry of the n largest of its row (ties
-    resolved as the keys order them), x [R, L] float32 (CPU); padding slots hold _PAD_KEY.
-
-    Two levels, so the selection runs on ~2*sqrt(L*n) entries instead of L: the row is cut into
-    G groups of s strided members (group g = columns g, g+G, ...: the maxima are elementwise maxima of
-    s contiguous slices, one vectorised pass); t = the n-th largest group maximum (a value-only
-    partition, ~5x cheaper than an argpartition); the groups whose maximum is >= t are kept and their
-    members are the candidates. Complete: n group maxima are >= t, so the n-th largest entry v is >= t,
-    and every entry >= v lies in a group whose maximum is >= t.
-    Rows where many groups tie at t (a user who repeated one item: equal alphas) would swamp the
-    selection with those groups' members, so there only the groups above t give all their members,
-    and the entries equal to t are the n of them with the smallest positions (ties rank by position),
-    found by scanning the column blocks in order (_tied_keys).
-    Example: L = 10,000, n = 100 -> s = 10, G = 1,000: a partition of 1,000 maxima, then ~1,000 members.
-    """
-    R, L = x.shape
-    s = max(1, round(math.sqrt(L / n)))
-    G = L // s
-    if s < 2 or G < 2 * n:  # too short for two levels to pay: every entry is a candidate
-        return _order_key(x, np.arange(L))
-    body = torch.from_numpy(x)[:, :s * G].view(R, s, G)  # [R, s, G]
-    gmax = body.amax(1).numpy()  # [R, G]
-    t = np.partition(gmax, G - n, axis=-1)[:, G - n:G - n + 1]  # [R, 1] n-th largest maximum
-    kept = gmax >= t  # [R, G]
-    heavy = kept.sum(1) > 2 * n  # [R] rows with many groups tied at t
-    if not heavy.any():
-        key = _member_keys(x, np.arange(R), kept, s, G)
-    else:
-        light, hv = np.flatnonzero(~heavy), np.flatnonzero(heavy)
-        above = gmax[hv] > t[hv]  # [h, G] fewer than n groups per row
-        parts = [(light, _member_keys(x, light, kept[light], s, G)),
-                 (hv, np.concatenate([_member_keys(x, hv, above, s, G),
-                                      _tied_keys(x, hv, t[hv], above, s, G, n)], axis=1))]
-        key = np.full((R, max(k.shape[1] for _, k in parts)), _PAD_KEY)  # [R, W]
-        for rows, k in parts:
-            key[rows, :k.shape[1]] = k
-    if s * G < L:  # the tail columns belong to no group: always candidates
-        key = np.concatenate([key, _order_key(x[:, s * G:], np.arange(s * G, L))], axis=1)
-    return key
-
-
-def _member_keys(x: np.ndarray, rows: np.ndarray, groups_mask: np.ndarray, s: int, G: int) -> np.ndarray:
-    """Keys of every member of the masked groups: x [R, L], rows int [r] (rows of x), groups_mask
-    bool [r, G] -> keys [r, s*w], w = the most groups in a row; rows with fewer are padded."""
-    r = rows.size
-    rr, kept = np.nonzero(groups_mask)  # row-major: each row's groups, ascending
-    count = np.bincount(rr, minlength=r)  # [r]
-    w = int(count.max()) if r else 0
-    pad = None
-    if (count == w).all():  # the usual case: the same number in every row (no ties at t)
-        groups = kept.reshape(r, w)
-    else:  # ragged: left-align each row's groups, pad with group 0 and mask those keys out below
-        groups = np.zeros((r, w), np.int64)
-        groups[rr, np.arange(rr.size) - (np.cumsum(count) - count)[rr]] = kept
-        pad = np.arange(w)[None, :] >= count[:, None]  # [r, w]
-    pos = groups[:, None, :] + G * np.arange(s)[:, None]  # [r, s, w] positions of the members
-    flat = torch.from_numpy((rows[:, None, None] * x.shape[1] + pos).reshape(-1))
-    vals = torch.from_numpy(x).view(-1).index_select(0, flat).numpy().reshape(r, s, w)
-    key = _order_key(vals, pos)  # [r, s, w]
-    if pad is not None:
-        key[np.broadcast_to(pad[:, None, :], key.shape)] = _PAD_KEY
-    return key.reshape(r, s * w)
-
-
-def _tied_keys(x: np.ndarray, rows: np.ndarray, t: np.ndarray, above: np.ndarray, s: int, G: int,
-               n: int) -> np.ndarray:
-    """Keys of the n entries equal to t with the smallest positions, outside the `above` groups
-    (whose members are candidates already): x [R, L], rows int [h], t [h, 1], above bool [h, G]
-    -> keys [h, n] (padded where a row has fewer). Scans column blocks j*G..(j+1)*G in order (a
-    block holds member j of every group, positions ascending) and stops once every row has n."""
-    h = rows.size
-    found_r, found_p = [], []
-    have = np.zeros(h, np.int64)
-    for j in range(s):
-        need = np.flatnonzero(have < n)  # [m]
-        if need.size == 0:
-            break
-        eq = (x[rows[need], j * G:(j + 1) * G] == t[need]) & ~above[need]  # [m, G]
-        rr, gg = np.nonzero(eq)
-        found_r.append(need[rr])
-        found_p.append(j * G + gg)
-        have += np.bincount(need[rr], minlength=h)
-    fr, fp = np.concatenate(found_r), np.concatenate(found_p)
-    order = np.argsort(fr, kind="stable")  # by row; blocks and columns were visited in position order
-    fr, fp = fr[order], fp[order]
-    rank = np.arange(fr.size) - (np.cumsum(have) - have)[fr]  # position rank within the row
-    keep = rank < n
-    key = np.full((h, n), _PAD_KEY)
-    key[fr[keep], rank[keep]] = _order_key(np.broadcast_to(t, (h, 1))[fr[keep], 0], fp[keep])
-    return key
-
-
-MIN_ROWS_PER_THREAD = 64
-
-
-def _topk_cpu(x: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """_topk_cpu_rows over row slices, split over the CPU threads (twin.cpu_threads)."""
-    parts = cpu_threads.split(x.shape[0], MIN_ROWS_PER_THREAD, lambda lo, hi: _topk_cpu_rows(x[lo:hi], kk))
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat([v for v, _ in parts]), torch.cat([i for _, i in parts])
-
-
-def _topk_cpu_rows(x: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """_topk_by_value_then_position for float32 on the CPU: the unique (value, position) keys of
-    ~1,000 candidates per row, numpy's introselect on them, a sort of the kk survivors; the values
-    come back out of the keys. At W1 on 1 thread: ~9 ms, against ~85 ms for _topk_torch (torch.topk
-    plus its stable sorts) and ~20 ms for a bare torch.topk, which does not order ties."""
-    key = _candidate_keys(x.detach().contiguous().numpy(), kk)  # [R, W], W >= kk
-    W = key.shape[1]
-    top = np.partition(key, W - kk, axis=-1)[:, W - kk:] if W > kk else key  # [R, kk]
-    vals, idx = _decode_key(np.sort(top, axis=-1)[:, ::-1])  # descending
-    return torch.from_numpy(np.ascontiguousarray(vals)), torch.from_numpy(np.ascontiguousarray(idx))
-
-
-def _topk_torch(x: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """_topk_by_value_then_position with torch ops (any device/dtype). torch.topk does not define which
-    of tied values it keeps, so one extra rank is fetched: if the (kk+1)-th value equals the kk-th, a
-    tie straddles the cut and those rows are redone with a stable full sort."""
-    L = x.shape[-1]
-    fetch = min(kk + 1, L)
-    vals, idx = torch.topk(x, fetch, dim=-1)  # [R, fetch], values descending
-    if fetch > kk:
-        straddles = vals[..., kk] == vals[..., kk - 1]
-        vals, idx = vals[..., :kk], idx[..., :kk]
-    else:
-        straddles = None
-    # Order the kept ones: stable sort by position, then stable sort by value (descending).
-    pos_order = idx.sort(dim=-1, stable=True).indices
-    idx, vals = idx.gather(-1, pos_order), vals.gather(-1, pos_order)
-    by_value = vals.sort(dim=-1, descending=True, stable=True).indices
-    idx, vals = idx.gather(-1, by_value), vals.gather(-1, by_value)
-    if straddles is not None and bool(straddles.any()):
-        idx = idx.clone()
-        idx[straddles] = x[straddles].sort(dim=-1, descending=True, stable=True).indices[..., :kk]
-    return vals, idx
-
-
-def _topk_by_value_then_position(x: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kk largest entries of each row, ordered by value desc then position asc (so ties keep the
-    newest behaviors, deterministically). x [R, L] -> values [R, kk] (descending), indices [R, kk]."""
-    if x.device.type == "cpu" and x.dtype == torch.float32:
-        return _topk_cpu(x, kk)
-    return _topk_torch(x, kk)
+    if lengths is None:
+        lengths = torch.full((alpha.shape[0],), alpha.shape[-1], dtype=torch.int64, device=alpha.device)
+    positions, alpha_sel, lse = kernels.select(alpha, lengths, k, want_lse)
+    return positions, positions >= 0, alpha_sel, lse
 
 
 def round_robin_topk(alpha: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """CP-GSU: walk the heads' rankings round-robin until k unique behaviors are collected.
-
-    alpha [B, A, C, L] relevance, -inf at padded behaviors
-    returns positions [B, C, k] int64 (in union order, -1 where fewer than k valid behaviors exist)
-            valid     [B, C, k] bool
-    Vectorized over B, C (no Python loop per candidate), and no sort over the union: a behavior's
-    first occurrence is found through a dense [B*C, L] table of first interleave ranks (one scatter,
-    one gather), and the kept ones are compacted by scattering to their running count.
-    """
-    B, A, C, L = alpha.shape
-    R, dev = B * C, alpha.device
-    kk = min(k, L)  # head 0's top-k alone holds k unique behaviors, so rank k is the deepest needed
-    vals, top = _topk_by_value_then_position(alpha.reshape(B * A * C, L), kk)  # [B*A*C, kk]
-    M = kk * A
-    # Interleave rank-major: rank 0 of heads 0..A-1, then rank 1, ...
-    flat = top.view(B, A, C, kk).permute(0, 2, 3, 1).reshape(R, M)  # [R, M]
-    flat_valid = (vals > NEG_INF).view(B, A, C, kk).permute(0, 2, 3, 1).reshape(R, M)
-    rank_t = torch.int16 if M < 2 ** 15 else torch.int32
-    rank = torch.arange(M, dtype=rank_t, device=dev).expand(R, M)  # [R, M] interleave index
-    first_rank = torch.full((R, L), M, dtype=rank_t, device=dev)  # [R, L]
-    first_rank.scatter_reduce_(-1, flat, rank, "amin")
-    keep = (first_rank.gather(-1, flat) == rank) & flat_valid  # [R, M] first occurrences
-    count = keep.cumsum(-1)  # [R, M]
-    keep &= count <= k
-    # Compact in interleave order: kept entry -> slot count-1; the rest -> dummy slot k (dropped).
-    dest = torch.where(keep, count - 1, k)
-    out = torch.full((R, k + 1), -1, dtype=torch.int64, device=dev)
-    positions = out.scatter_(-1, dest, flat)[:, :k].reshape(B, C, k)
-    return positions, positions >= 0
+    """round_robin_select's positions [B, C, k] and valid [B, C, k] alone."""
+    positions, valid, _, _ = round_robin_select(alpha, k)
+    return positions, valid
 
 
 def recent_topk(seq_mask: torch.Tensor, n_cand: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,19 +100,6 @@ def recent_topk(seq_mask: torch.Tensor, n_cand: int, k: int) -> tuple[torch.Tens
         positions = torch.nn.functional.pad(positions, (0, k - kk), value=-1)
         valid = torch.nn.functional.pad(valid, (0, k - kk), value=False)
     return positions[:, None].expand(B, n_cand, k), valid[:, None].expand(B, n_cand, k)
-
-
-def full_logsumexp(alpha: torch.Tensor) -> torch.Tensor:
-    """How MUCH of the whole sequence matches each target, per head: log sum_l exp(alpha_l) over every
-    valid behavior (softmax pooling normalises this away; DIN drops the normalisation for this reason).
-
-    alpha [B, A, C, L], -inf at padding -> [B, C, A]; 0 where a sequence has no valid behavior.
-    ~ max alpha + log(number of behaviors near it): it grows with the count of matching behaviors.
-    """
-    empty = (alpha == NEG_INF).all(-1, keepdim=True)  # [B, A, C, 1]
-    # an all -inf row would give -inf, and NaN gradients through logsumexp: compute it on zeros
-    lse = torch.logsumexp(alpha.masked_fill(empty, 0.0), dim=-1).masked_fill(empty[..., 0], 0.0)  # [B, A, C]
-    return lse.transpose(1, 2)
 
 
 def masked_softmax(alpha: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -24,15 +24,16 @@ Example: B=1 user, L=10_000 behaviors, C=100 candidates, A=4, d_k=16, k=100:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from . import cpu_threads
-from .attention import (attention_logits, cross_bias, esu_pool, full_logsumexp, masked_softmax, recent_topk,
-                        round_robin_topk)
+from .attention import attention_logits, cross_bias, esu_pool, masked_softmax, recent_topk, round_robin_select
+from .kernels.cpu_alpha import alpha_cpu
+from .kernels.torch_gsu import full_lse, gather_alpha
 from .config import TwinConfig
 from .features import FeatureGroupEmbedding, context_raw, cross_ids, sequence_means
 
@@ -65,6 +66,12 @@ class ServeBatch:
     now: torch.Tensor           # [B] int64
     hist_len: torch.Tensor      # [B] int64
 
+    def candidates(self, lo: int, hi: int) -> "ServeBatch":
+        """The same users with candidates lo..hi-1 only (views, no copy)."""
+        if (lo, hi) == (0, self.cand.shape[1]):
+            return self
+        return dataclasses.replace(self, cand=self.cand[:, lo:hi], cand_mask=self.cand_mask[:, lo:hi])
+
 
 @dataclass
 class Explain:
@@ -80,6 +87,17 @@ class ServeOutput:
     logits: torch.Tensor  # [B, C]
     explain: Explain | None = None
 
+    @staticmethod
+    def cat(parts: list["ServeOutput"]) -> "ServeOutput":
+        """Outputs of consecutive candidate slices -> one output (dim 1 is C everywhere)."""
+        if len(parts) == 1:
+            return parts[0]
+        ex = None
+        if parts[0].explain is not None:
+            ex = Explain(*(torch.cat([getattr(p.explain, f.name) for p in parts], 1)
+                           for f in dataclasses.fields(Explain)))
+        return ServeOutput(torch.cat([p.scores for p in parts], 1), torch.cat([p.logits for p in parts], 1), ex)
+
 
 @dataclass
 class GsuResult:
@@ -91,7 +109,17 @@ class GsuResult:
     bias_sel: torch.Tensor   # [B, C, A, k] cross bias at the selected positions
     q_emb: torch.Tensor      # [B, C, H] candidate inherent embeddings (reused by the tower)
     cross_emb: list[torch.Tensor]  # J tensors [B, L, e_j]
-    lse_full: torch.Tensor | None = None  # [B, C, A] log-sum-exp of alpha over the full valid sequence
+    # [B, C, A] log-sum-exp of alpha over the FULL valid sequence (0 if none): how much of the history
+    # matches, which the softmax over the k selected hides. Filled when cfg.full_lse, else None.
+    lse_full: torch.Tensor | None = None
+
+    def candidates(self, lo: int, hi: int) -> "GsuResult":
+        """Candidates lo..hi-1 only (views; the per-behavior cross embeddings are shared)."""
+        if (lo, hi) == (0, self.positions.shape[1]):
+            return self
+        c = slice(lo, hi)
+        return GsuResult(self.positions[:, c], self.valid[:, c], self.alpha_sel[:, c], self.bias_sel[:, c],
+                         self.q_emb[:, c], self.cross_emb, None if self.lse_full is None else self.lse_full[:, c])
 
 
 def _gather_seq(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -183,39 +211,43 @@ class TwinCTR(nn.Module):
         """keys [B, L, A, d_k], queries [B, C, A, d_k], bias [B, L, A], seq_mask [B, L]
         -> alpha [B, A, C, L], -inf at padding (the mask rides in the bias, so one pass writes alpha).
 
-        keys may be a strided view (the key half of the cached projections) in float16: only a
-        dtype conversion copies them; the GEMM reads keys^T [A, d_k, L] in place (transposed operand),
-        so no [B, A, d_k, L] transposing copy is made. The bias is made contiguous [B, A, L]: a strided
-        bias makes baddbmm's broadcast of it into the [B, A, C, L] output several times slower.
-        scratch: optional 1-D CPU buffer of >= B*A*C*L elements of the query dtype that alpha is written
-        into (no autograd) instead of fresh memory; the caller must not use it again while alpha lives.
+        keys may be a strided view (the key half of the cached projections) in float16. On the CPU
+        (no autograd) alpha is one GEMM per user that adds the bias in its inner dimension
+        (twin.kernels.cpu_alpha); elsewhere attention_logits' baddbmm. scratch: optional 1-D CPU
+        buffer of >= B*A*C*L elements of the query dtype that alpha is written into instead of fresh
+        memory; the caller must not use it again while alpha lives.
         """
-        keys = keys.to(queries.dtype)  # [B, L, A, d_k]
         bias_m = bias.masked_fill(~seq_mask[:, :, None], float("-inf")).permute(0, 2, 1).contiguous()  # [B, A, L]
         B, L, A, _ = keys.shape
         shape = (B, A, queries.shape[1], L)
-        needs_grad = torch.is_grad_enabled() and (keys.requires_grad or queries.requires_grad or bias_m.requires_grad)
-        if keys.device.type != "cpu" or needs_grad:
-            # one batched GEMM (B > 1: a copy folds (B, A) into one batch dim, cheap on GPUs; and the
-            # path autograd can follow in training)
+        if keys.device.type != "cpu" or torch.is_grad_enabled():
+            # one batched GEMM (B > 1: a copy folds (B, A) into one batch dim, cheap on GPUs)
+            keys = keys.to(queries.dtype)
             return attention_logits(keys.transpose(1, 2), queries.transpose(1, 2), bias_m[:, :, None, :])
         n = math.prod(shape)
         if scratch is not None and (scratch.numel() < n or scratch.dtype != queries.dtype):
             raise ValueError(f"scratch of {scratch.numel()} {scratch.dtype} cannot hold alpha {shape} {queries.dtype}")
         alpha = (scratch[:n].view(shape) if scratch is not None
                  else torch.empty(shape, dtype=queries.dtype, device=keys.device))
-        for i in range(B):  # per user: (A) folds into the GEMM batch without copying the keys
-            def heads(lo: int, hi: int, i: int = i) -> None:  # heads lo..hi-1 of user i, split over CPU threads
-                attention_logits(keys[i, :, lo:hi].transpose(0, 1), queries[i, :, lo:hi].transpose(0, 1),
-                                 bias_m[i, lo:hi, None, :], out=alpha[i, lo:hi])
-            cpu_threads.split(A, 1, heads)
-        return alpha
+        return alpha_cpu(keys, queries, bias_m, alpha)
 
     def _select(self, alpha: torch.Tensor, seq_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """alpha [B, A, C, L] -> positions, valid [B, C, k]"""
+        positions, valid, _, _ = self._gsu(alpha, seq_mask)
+        return positions, valid
+
+    def _gsu(self, alpha: torch.Tensor, seq_mask: torch.Tensor, want_lse: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """alpha [B, A, C, L], seq_mask [B, L] -> positions, valid [B, C, k], alpha_sel [B, C, A, k]
+        (alpha at the positions), lse [B, C, A] over the full valid sequence (None unless want_lse)."""
         if self.cfg.gsu == "recent":
-            return recent_topk(seq_mask, alpha.shape[2], self.cfg.top_k)
-        return round_robin_topk(alpha, self.cfg.top_k)
+            positions, valid = recent_topk(seq_mask, alpha.shape[2], self.cfg.top_k)
+            return positions, valid, gather_alpha(alpha, positions), full_lse(alpha) if want_lse else None
+        lengths = None  # the CPU kernel scans each user up to its last valid behavior (-inf marks any hole)
+        if alpha.device.type == "cpu":  # (elsewhere -inf alone: no host sync for it)
+            L = seq_mask.shape[1]
+            lengths = torch.where(seq_mask.any(1), L - seq_mask.flip(1).to(torch.int8).argmax(1), 0)
+        return round_robin_select(alpha, self.cfg.top_k, lengths, want_lse)
 
     def _short_term(self, q_emb, recent_emb, recent_mask) -> torch.Tensor:
         """q_emb [B, C, H], recent_emb [B, S, H+Cx], recent_mask [B, S] -> [B, C, d_out]"""
@@ -254,7 +286,7 @@ class TwinCTR(nn.Module):
         lse_full = None
         if self.cfg.full_lse:  # alpha over all L with gradients to the queries and the cross bias
             alpha = self._full_alpha(keys_all, queries, bias, b.seq_mask)  # [B, A, C, L]
-            lse_full = full_logsumexp(alpha)  # [B, C, A]
+            lse_full = full_lse(alpha)  # [B, C, A]
             alpha = alpha.detach()
         else:
             with torch.no_grad():
@@ -299,12 +331,9 @@ class TwinCTR(nn.Module):
         cross_parts, bias = self._cross(b.seq_cross, b.seq_ts, b.now)
         keys, _ = self._split_proj(b.seq_proj)  # [B, L, A, d_k] view; only this half is converted
         alpha = self._full_alpha(keys, queries, bias, b.seq_mask, scratch)  # [B, A, C, L]
-        positions, valid = self._select(alpha, b.seq_mask)
-        idx = positions.clamp_min(0)[:, None].expand(-1, self.cfg.n_heads, -1, -1)  # [B, A, C, k]
-        alpha_sel = alpha.gather(-1, idx).transpose(1, 2)  # [B, C, A, k]
+        positions, valid, alpha_sel, lse = self._gsu(alpha, b.seq_mask, self.cfg.full_lse)
         bias_sel = _gather_seq(bias, positions).permute(0, 1, 3, 2)  # [B, C, A, k]
-        lse_full = full_logsumexp(alpha) if self.cfg.full_lse else None
-        return GsuResult(positions, valid, alpha_sel, bias_sel, q_emb, cross_parts, lse_full)
+        return GsuResult(positions, valid, alpha_sel, bias_sel, q_emb, cross_parts, lse)
 
     def finish(self, b: ServeBatch, g: GsuResult, explain: bool = False) -> ServeOutput:
         """ESU over the selected behaviors, short-term module and tower."""

@@ -16,8 +16,8 @@ import torch
 from service.engine.buckets import bucket_for
 from service.engine.request import ScoreInputs, ScoreResult
 from service.engine.slot import ModelSlot
-from twin import cpu_threads
-from twin.model import ServeBatch
+from twin.kernels import cpu_threads
+from twin.model import ServeBatch, ServeOutput
 
 
 def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -95,6 +95,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+MIN_CANDIDATES_PER_SLICE = 32  # a lone request's ESU and tower split by candidates into slices this big
+
+
 def run_batch(slot: ModelSlot, items: list[ScoreInputs], branches: Executor | None = None,
               n_branches: int = 1) -> list[ScoreResult]:
     """-> one ScoreResult per item, same order.
@@ -103,7 +106,9 @@ def run_batch(slot: ModelSlot, items: list[ScoreInputs], branches: Executor | No
     into up to n_branches contiguous groups that run side by side, this thread taking the first. On a
     CPU a batch of B costs B times one request, so this, not padding requests together, is what turns
     concurrency into throughput; each group's own GEMM and top-k stay serial (its thread is already
-    one of the parallel ones). Scores do not depend on the split: requests never interact in the model."""
+    one of the parallel ones). A lone request instead splits its GEMM by heads, its selection and its
+    ESU + tower by candidates over twin.kernels.cpu_threads (_run_group). Scores do not depend on the
+    split: requests never interact in the model, nor do candidates."""
     n = min(n_branches, len(items)) if branches is not None and slot.device.type == "cpu" else 1
     size = (len(items), sum(it.n_cand for it in items))  # the batch's, for the batch metrics
     if n < 2:
@@ -130,7 +135,12 @@ def _run_group(slot: ModelSlot, items: list[ScoreInputs], size: tuple[int, int])
         gsu = slot.model.select(batch, alpha_scratch(slot, batch))
         _sync(slot.device)
         t1 = time.perf_counter()
-        out = slot.model.finish(batch, gsu, explain=explain)
+        # candidates are independent given the sequence: the ESU, short-term module and tower of a CPU
+        # forward run on candidate slices over the CPU threads (one slice when serial() is in force)
+        parts = cpu_threads.split(batch.cand.shape[1], MIN_CANDIDATES_PER_SLICE, lambda lo, hi: slot.model.finish(
+            batch.candidates(lo, hi), gsu.candidates(lo, hi), explain=explain)) if slot.device.type == "cpu" \
+            else [slot.model.finish(batch, gsu, explain=explain)]
+        out = ServeOutput.cat(parts)
         scores = out.scores.float().cpu().numpy()  # [B, Cb]; .cpu() waits for the device
         ex = None
         if explain and out.explain is not None:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from twin.cpu_threads import set_cpu_threads
+from twin.kernels.cpu_threads import set_cpu_threads
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,7 +48,7 @@ def default_threads(device: torch.device) -> int:
 def default_parallel_threads(device: torch.device) -> int:
     """CPU: plain threads one batch's work is spread over, when not configured: every core. A batch of
     several requests runs them on that many threads at once (each on `threads` torch threads); a lone
-    request splits its alpha GEMM and top-k over them (twin.cpu_threads). Plain threads, not an
+    request splits its alpha GEMM and top-k over them (twin.kernels.cpu_threads). Plain threads, not an
     OpenMP team: when the event loop or another job holds a core, the work of the thread that waits is
     late, but nothing spins at a barrier. Accelerators batch on the device: 1."""
     return max(1, os.cpu_count() or 1) if device.type == "cpu" else 1
