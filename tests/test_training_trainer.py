@@ -19,13 +19,14 @@ def tiny_dir(tmp_path_factory):
     return out
 
 
-def test_twin_learns_stops_early_and_keeps_its_best_validation_state(tiny_dir):
+def test_twin_learns_stops_early_and_keeps_its_best_validation_state(tmp_path):
     torch.set_num_threads(2)
-    data = load_dataset(tiny_dir)
-    st = TrainSettings(epochs=30, batch_size=96, lr=5e-3, warmup_steps=5, max_len=150, evals_per_epoch=2,
-                       patience=2, progress=False, consistency_requests=16, arch=ARCH)
+    generate(preset("tiny", n_users=150, hist_median=100, hist_cap=200), tmp_path, progress=False)
+    data = load_dataset(tmp_path)
+    st = TrainSettings(epochs=30, batch_size=96, lr=1e-2, warmup_steps=5, max_len=120, evals_per_epoch=1,
+                       patience=2, progress=False, consistency_requests=8, arch=ARCH)
     [r] = run_comparison(data, ("twin",), st)
-    assert r.test["early_stopped"] == 1.0 and r.steps < 30 * 10, r.history  # stopped before the cap
+    assert r.test["early_stopped"] == 1.0 and r.history[-1]["epoch"] < 30, r.history  # stopped before the cap
     # the last `patience` validations did not beat the best, and each one halved the rate
     best = max(h["val_auc"] for h in r.history)
     assert all(h["val_auc"] <= best for h in r.history[-2:]) and r.history[-1]["lr"] < st.lr
@@ -34,7 +35,7 @@ def test_twin_learns_stops_early_and_keeps_its_best_validation_state(tiny_dir):
     # were filled, which moves the validation AUC a little), not the last
     s = data.split("val")
     assert auc(s.label, predict(r.model, data, "val", st)) == pytest.approx(r.best_val_auc, abs=0.01)
-    assert r.test["auc"] > 0.6 and r.test["gauc"] > 0.55 and np.isfinite(r.test["logloss"])
+    assert r.test["auc"] > 0.58 and r.test["gauc"] > 0.55 and np.isfinite(r.test["logloss"])
     assert 0 < r.test["consistency_sum"] <= ARCH["top_k"] and 0 < r.test["consistency_per_head"] <= ARCH["top_k"]
 
 
