@@ -9,7 +9,7 @@ DATA ?= var/data/ci
 REGISTRY ?= var/models
 export TWIN_MODEL_ROOT ?= $(REGISTRY)
 
-.PHONY: install lock test train train-movielens serve run bench-stores bench-service bench loadtest loadtest-smoke stack stack-smoke clean
+.PHONY: install lock compose-smoke test train train-movielens serve run bench-stores bench-service bench loadtest loadtest-smoke stack stack-smoke clean
 
 install: $(STAMP)
 
@@ -100,6 +100,13 @@ stack: $(STAMP)
 
 stack-smoke: $(STAMP)
 	bash scripts/run_stack.sh --replicas 2 --smoke $(if $(WORLD),--world $(WORLD)) $(STACK_ARGS)
+
+# The docker-compose stack for real, without any registry (scripts/compose_smoke.sh: tools, engine,
+# images from Debian's packages, up --scale scorer=2, black-box check, locust profile, down -v).
+# Needs no virtualenv: the check is standard-library Python. ~N min cold, see docs/loadtest.md.
+COMPOSE_PROJECT ?= twinsmoke
+compose-smoke:
+	COMPOSE_PROJECT=$(COMPOSE_PROJECT) TORCH_VERSION=$(TORCH_VERSION) bash scripts/compose_smoke.sh
 
 clean:
 	rm -rf var reports .pytest_cache
