@@ -54,15 +54,21 @@ def imported_distributions(files: list[Path]) -> dict[str, set[str]]:
                 assert top in dists, f"{f.relative_to(ROOT)} imports {top}, which no installed distribution provides"
                 for d in dists[top]:
                     out.setdefault(canonicalize_name(d), set()).add(str(f.relative_to(ROOT)))
+        for dist, literal in LOADED_BY_NAME.items():
+            if literal in f.read_text():
+                out.setdefault(dist, set()).add(str(f.relative_to(ROOT)))
     return out
+
+
+# distributions a library loads by name rather than by an import of ours: uvicorn's event loop and
+# HTTP parser, chosen in service/__main__.py
+LOADED_BY_NAME = {"uvloop": 'loop="uvloop"', "httptools": 'http="httptools"'}
 
 
 def sources(*dirs: str, exclude: set[str] = frozenset()) -> list[Path]:
     return [p for d in dirs for p in sorted((ROOT / d).rglob("*.py")) if str(p.relative_to(ROOT)) not in exclude]
 
 
-# distributions that arrive with another one and are imported through it (hiredis comes with
-# redis[hiredis] but the code also imports it itself, so it is declared too)
 def test_serving_imports_exactly_core_and_serve():
     used = imported_distributions(sources("twin", "model_store", "cache", "service", exclude=BOOTSTRAP))
     want = declared("serve")
