@@ -17,7 +17,9 @@
 # Env: COMPOSE_PROJECT (twinsmoke), TWIN_LB_PORT (18080), SCORERS (2), RUN_TIME (30s), USERS (4),
 # BUDGET_MS (650: the latency gate; 2 scorers, locust and nginx share the machine's cores),
 # TORCH_WHEEL (/opt/wheels/torch-$TORCH_VERSION+cpu-...whl; unset/absent -> the PyTorch index),
-# CA_BUNDLE (/etc/ssl/certs/ca-certificates.crt), PULL (auto | never), DEBIAN_MIRROR, STOP_ENGINE.
+# CA_BUNDLE (/etc/ssl/certs/ca-certificates.crt), PULL (auto | never), DEBIAN_MIRROR, STOP_ENGINE,
+# ENV_FILE (a compose --env-file, e.g. deploy/compose/W1.env: init seeds that world, the scorers and
+# locust are sized for it; the shell's variables above still win over the file's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -130,7 +132,9 @@ export TWIN_LB_PORT="$LB_PORT" LOCUST_WORKERS=2
 export TWIN_ADMIN_TOKEN="smoke-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 export TWIN_LOADTEST_RUN_TIME="$RUN_TIME" TWIN_LOADTEST_USERS="$USERS" TWIN_LOADTEST_SPAWN_RATE="$USERS"
 export TWIN_LOADTEST_BUDGET_MS="$BUDGET_MS"
-dc() { "${COMPOSE[@]}" -p "$PROJECT" --profile loadtest "$@"; }
+ENV_ARGS=()
+[[ -z "${ENV_FILE:-}" ]] || { [[ -f "$ENV_FILE" ]] || die "no env file $ENV_FILE"; ENV_ARGS=(--env-file "$ENV_FILE"); }
+dc() { "${COMPOSE[@]}" -p "$PROJECT" "${ENV_ARGS[@]}" --profile loadtest "$@"; }
 label="label=com.docker.compose.project=$PROJECT"
 cids() {  # cids SERVICE...: the project's containers of these services, running or exited
   local s; for s in "$@"; do docker ps -aq --filter "$label" --filter "label=com.docker.compose.service=$s"; done
