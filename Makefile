@@ -103,7 +103,8 @@ stack-smoke: $(STAMP)
 
 # The docker-compose stack for real, without any registry (scripts/compose_smoke.sh: tools, engine,
 # images from Debian's packages, up --scale scorer=2, black-box check, locust profile, down -v).
-# Needs no virtualenv: the check is standard-library Python. ~N min cold, see docs/loadtest.md.
+# Needs no virtualenv: the check is standard-library Python. 11 min with no image built yet
+# (docs/benchmarks.md, 2026-12-01); docs/loadtest.md#compose-smoke.
 COMPOSE_PROJECT ?= twinsmoke
 compose-smoke:
 	COMPOSE_PROJECT=$(COMPOSE_PROJECT) TORCH_VERSION=$(TORCH_VERSION) bash scripts/compose_smoke.sh
