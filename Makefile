@@ -13,22 +13,39 @@ ABLATIONS ?= twin,no_full_lse,no_user_stats,no_item_stats,nocross,paper
 REGISTRY ?= var/models
 export TWIN_MODEL_ROOT ?= $(REGISTRY)
 
-.PHONY: install test train train-ablations train-movielens serve run bench-stores bench-service bench loadtest loadtest-smoke stack stack-smoke clean
+.PHONY: install lock compose-smoke test train train-ablations train-movielens serve run bench-stores bench-service bench loadtest loadtest-smoke stack stack-smoke clean
 
 install: $(STAMP)
 
 # The CPU build of torch goes in first where there is no GPU: a bare torch requirement would pull
 # a CUDA build of several GB. The project's own range (pyproject.toml) is then already satisfied.
-$(STAMP): pyproject.toml
+# Then the project with every extra, pinned by requirements.lock (constraints: the lock pins, the
+# extras choose what is installed); torch stays outside the lock, which holds only its dependencies,
+# because its CPU and CUDA builds are different wheels of one version (TORCH_VERSION, kept equal
+# to the Dockerfile's and inside pyproject's range by tests/test_install_extras.py).
+TORCH_VERSION ?= 2.13.0
+LOCK ?= requirements.lock
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
-	  $(BIN)/pip install --quiet "torch==2.13.0"; \
+	  $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"; \
 	else \
-	  $(BIN)/pip install --quiet "torch==2.13.0" || $(BIN)/pip install --quiet "torch==2.13.0+cpu"; \
+	  $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)" || $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)+cpu"; \
 	fi
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -c $(LOCK) -e ".[dev]"
 	touch $(STAMP)
+
+# Re-pin requirements.lock (uv's resolver; linux x86_64, CPython 3.11: the image's and CI's platform).
+# torch resolves as the CPU wheel of TORCH_WHEELS (a --find-links location) so that its
+# dependencies are pinned without the CUDA build's nvidia-* packages; torch itself is left out.
+TORCH_WHEELS ?= /opt/wheels
+lock: $(STAMP)
+	$(BIN)/pip install --quiet "uv>=0.5"
+	echo "torch==$(TORCH_VERSION)+cpu" > $(VENV)/torch-override.txt
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --find-links $(TORCH_WHEELS) --override $(VENV)/torch-override.txt --no-emit-package torch \
+	  --custom-compile-command "make lock" --quiet -o $(LOCK)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest
@@ -112,6 +129,14 @@ stack: $(STAMP)
 
 stack-smoke: $(STAMP)
 	bash scripts/run_stack.sh --replicas 2 --smoke $(if $(WORLD),--world $(WORLD)) $(STACK_ARGS)
+
+# The docker-compose stack for real, without any registry (scripts/compose_smoke.sh: tools, engine,
+# images from Debian's packages, up --scale scorer=2, black-box check, locust profile, down -v).
+# Needs no virtualenv: the check is standard-library Python. 11 min with no image built yet
+# (docs/benchmarks.md, 2026-12-01); docs/loadtest.md#compose-smoke.
+COMPOSE_PROJECT ?= twinsmoke
+compose-smoke:
+	COMPOSE_PROJECT=$(COMPOSE_PROJECT) TORCH_VERSION=$(TORCH_VERSION) bash scripts/compose_smoke.sh
 
 clean:
 	rm -rf var reports .pytest_cache

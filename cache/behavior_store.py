@@ -293,10 +293,3 @@ class BehaviorStore:
         recs = np.frombuffer(raw, self.dtype)[::-1]  # newest first
         return BehaviorBlock(item_id=recs["item_id"].copy(), ts=recs["ts"].copy(),
                              cross=recs["cross"].reshape(-1, self.n_cross).copy(), total=total)
-
-    async def delete_users(self, user_ids: Sequence[int]) -> None:
-        """Remove users' logs, windows and counts (privacy deletion, tests)."""
-        pipe = self.client.pipeline(transaction=False)
-        for uid in user_ids:
-            pipe.unlink(self.keys.user_log(uid), self.keys.user_event_ids(uid), self.keys.user_count(uid))
-        await pipe.execute()

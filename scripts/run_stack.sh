@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The docker-compose topology on loopback, without Docker:
 #   redis-server (persistent, in the data dir) -> service.bootstrap -> N scorers on consecutive
-#   ports -> a load balancer (nginx when installed, else python -m loadtest.balancer)
-#   -> optionally one locust run (loadtest.run) against the balancer, then shutdown.
+#   ports -> nginx (Debian's package: installed with apt-get when missing and this runs as root)
+#   -> optionally one locust run (loadtest.run) against nginx, then shutdown. Where nginx cannot be
+#   had (no root, no apt, or --lb python), python -m loadtest.balancer stands in: a small
+#   round-robin TCP proxy that balances per connection, not per request (docs/loadtest.md).
 #
 #   scripts/run_stack.sh                          # serve until Ctrl-C on http://127.0.0.1:8080
 #   scripts/run_stack.sh --replicas 2 --smoke     # bring up, 20 s smoke load test, report, shut down
@@ -21,11 +23,11 @@ LB_PORT=8080
 REDIS_PORT=6390
 DATA_DIR=var/stack
 LOADTEST=""          # "", "smoke" or "full"
-LB_KIND=auto         # auto | nginx | python
+LB_KIND=auto         # auto (nginx, installed if need be; else python) | nginx | python
 WORLD=""             # "" (demo world only), W1, W2 or W3
 LOADTEST_ARGS=()
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF
 
 Options: --replicas N ($REPLICAS)  --base-port P ($BASE_PORT)  --lb-port P ($LB_PORT)
          --redis-port P ($REDIS_PORT)  --data-dir DIR ($DATA_DIR)  --lb auto|nginx|python ($LB_KIND)
@@ -158,8 +160,24 @@ for ((i = 0; i < REPLICAS; i++)); do
 done
 
 # --- load balancer
+find_nginx() { command -v nginx || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; }; }
+install_nginx() {  # Debian's package; RUNLEVEL=1 keeps its postinst from starting a system nginx on :80
+  [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null || return 1
+  echo "run_stack: installing nginx (apt-get; log $LOGS/apt-nginx.log)"
+  { apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; } \
+    >"$LOGS/apt-nginx.log" 2>&1
+}
+NGINX_BIN=""
+if [[ "$LB_KIND" != python ]]; then
+  NGINX_BIN="$(find_nginx || true)"
+  [[ -n "$NGINX_BIN" ]] || { install_nginx && NGINX_BIN="$(find_nginx || true)"; } || true
+  if [[ -z "$NGINX_BIN" ]]; then
+    [[ "$LB_KIND" == nginx ]] && { echo "run_stack: --lb nginx, but nginx is not installed and cannot be" >&2; exit 2; }
+    echo "run_stack: nginx is not available (not installed, and not root or no apt-get): the Python balancer stands in"
+  fi
+fi
 if [[ "$LB_KIND" == auto ]]; then
-  if command -v nginx >/dev/null; then LB_KIND=nginx; else LB_KIND=python; fi
+  if [[ -n "$NGINX_BIN" ]]; then LB_KIND=nginx; else LB_KIND=python; fi
 fi
 if [[ "$LB_KIND" == nginx ]]; then
   NGINX_DIR="$DATA_DIR/nginx"
@@ -185,7 +203,7 @@ if [[ "$LB_KIND" == nginx ]]; then
     echo "  }"
     echo "}"
   } >"$NGINX_DIR/nginx.conf"
-  start nginx "$LOGS/nginx.out" nginx -p "$NGINX_DIR" -e "$LOGS/nginx.log" -c "$NGINX_DIR/nginx.conf" -g "daemon off;"
+  start nginx "$LOGS/nginx.out" "$NGINX_BIN" -p "$NGINX_DIR" -e "$LOGS/nginx.log" -c "$NGINX_DIR/nginx.conf" -g "daemon off;"
 else
   backends=()
   for ((i = 0; i < REPLICAS; i++)); do backends+=(--backend "127.0.0.1:$((BASE_PORT + i))"); done

@@ -153,10 +153,6 @@ class MicroBatcher:
     def stopped(self) -> bool:
         return self._task is None or self._task.done()
 
-    @property
-    def depth(self) -> int:
-        return len(self._queue)
-
     async def close(self) -> None:
         """Stop the loop after the running batch; fail whatever still waits (never leave a caller hanging)."""
         await cancel_and_wait(self._task)
