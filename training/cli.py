@@ -40,6 +40,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="targets per batch")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay")
     p.add_argument("--max-len", type=int, default=10_000, help="behaviors the TWIN GSU reads per request")
     p.add_argument("--max-targets", type=int, default=64, help="targets per request (larger ones are cut)")
     p.add_argument("--patience", type=int, default=3)
@@ -55,6 +56,7 @@ def _settings(a: argparse.Namespace) -> TrainSettings:
     if not isinstance(arch, dict):
         raise ValueError(f"--arch must be a JSON object, got {a.arch!r}")
     return TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
+                         weight_decay=a.weight_decay,
                          max_len=a.max_len, max_targets=a.max_targets, seed=a.seed, patience=a.patience,
                          evals_per_epoch=a.evals_per_epoch, progress=not a.no_progress, arch=arch)
 
