@@ -13,7 +13,7 @@ ABLATIONS ?= twin,no_full_lse,no_user_stats,no_item_stats,nocross,paper
 REGISTRY ?= var/models
 export TWIN_MODEL_ROOT ?= $(REGISTRY)
 
-.PHONY: install lock compose-smoke test train train-ablations train-movielens serve run bench-stores bench-service bench loadtest loadtest-smoke stack stack-smoke clean
+.PHONY: install lock compose-smoke test train train-ablations train-movielens serve run bench-stores bench-service bench loadtest loadtest-smoke stack stack-smoke faults soak faults-smoke clean
 
 install: $(STAMP)
 
@@ -137,6 +137,23 @@ stack-smoke: $(STAMP)
 COMPOSE_PROJECT ?= twinsmoke
 compose-smoke:
 	COMPOSE_PROJECT=$(COMPOSE_PROJECT) TORCH_VERSION=$(TORCH_VERSION) bash scripts/compose_smoke.sh
+
+# Fault scenarios under load against a local stack (loadtest/faults: redis-server with AOF, bootstrap,
+# one scorer), one table row each; exit 1 on a failure, a lost acknowledged event, a recovery over 5 s
+# or a swap p99 ratio over 1.5. `make soak`: 10 minutes at a fixed rate, RSS and latency drift.
+# faults-smoke (CI): the short variants of both, schemathesis included. Ports: FAULTS_ARGS="--base-port P --redis-port P".
+FAULTS_ARGS ?=
+SOAK_ARGS ?=
+
+faults: $(STAMP)
+	$(PYTHON) -m loadtest.faults $(FAULTS_ARGS)
+
+soak: $(STAMP)
+	$(PYTHON) -m loadtest.faults.soak $(FAULTS_ARGS) $(SOAK_ARGS)
+
+faults-smoke: $(STAMP)
+	$(PYTHON) -m loadtest.faults --quick $(FAULTS_ARGS)
+	$(PYTHON) -m loadtest.faults.soak --minutes 1 --warm-s 45 $(FAULTS_ARGS) $(SOAK_ARGS)
 
 clean:
 	rm -rf var reports .pytest_cache

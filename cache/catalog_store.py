@@ -36,6 +36,19 @@ class CatalogStore:
         vals, found = await self._map.get(item_ids)
         return vals.view(RAW_DTYPE).reshape(-1, self.n_features), found
 
+    async def stored_width(self, max_buckets: int = 16) -> int | None:
+        """Bytes of one stored row, sampled (HRANDFIELD) from the first non-empty of up to max_buckets
+        buckets; None when they are all empty. A model whose schema wants another width cannot read
+        this catalog (each row must be exactly 8 * n_features bytes)."""
+        pipe = self._map.client.pipeline(transaction=False)
+        for key in self._map.keys[:max_buckets]:
+            pipe.execute_command("HRANDFIELD", key, 1, "WITHVALUES")
+        for reply in await pipe.execute():
+            if reply:  # [field, value], or [[field, value]] where redis-py pairs them up
+                value = reply[0][1] if isinstance(reply[0], list | tuple) else reply[1]
+                return len(value)
+        return None
+
     async def all_ids(self) -> np.ndarray:
         """Every item id in the catalog, sorted int64 [M] (the projector's default work list)."""
         return await self._map.all_ids()

@@ -24,7 +24,7 @@ import numpy as np
 import redis.asyncio as aredis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, ResponseError
+from redis.exceptions import DataError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
@@ -170,8 +170,10 @@ class _HiredisPackMixin:
 
 
 def _raise_first_error(replies: list[Any]) -> list[Any]:
+    # Any error reply, not only ResponseError: redis-py's parser makes "LOADING" a BusyLoadingError and
+    # "NOAUTH" an AuthenticationError (ConnectionErrors), which callers must see raised, by kind.
     for i, r in enumerate(replies):
-        if isinstance(r, ResponseError):
+        if isinstance(r, RedisError):
             r.args = (f"command #{i + 1} of {len(replies)}: {r.args[0] if r.args else r}",)
             raise r
     return replies

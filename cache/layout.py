@@ -6,6 +6,8 @@ The written spec is docs/redis_layout.md; tests/test_cache_layout.py pins the by
     P:v:V:proj:{b<b>}   hash  field = item id (decimal ASCII) -> float16[D] little-endian
     P:v:V:marker        hash  completion marker of version V (count, checksum, dim, ...)
     P:v:V:done          hash  projector progress: bucket -> "count:checksum"
+    P:v:V:gen           hash  change generation of V's projections: gen, floor (scorers poll it)
+    P:v:V:changed       zset  item id -> generation of its last re-projection (the change feed)
     P:versions          set   versions that have projection keys (for garbage collection)
     P:item:{b<b>}       hash  field = item id (decimal ASCII) -> int64[F_h] little-endian
     P:user:{u<u>}:log   string  packed behavior records, oldest first
@@ -94,6 +96,12 @@ class Keys:
 
     def proj_done(self, version: str) -> bytes:
         return f"{self.prefix}:v:{check_version(version)}:done".encode()
+
+    def proj_generation(self, version: str) -> bytes:
+        return f"{self.prefix}:v:{check_version(version)}:gen".encode()
+
+    def proj_changed(self, version: str) -> bytes:
+        return f"{self.prefix}:v:{check_version(version)}:changed".encode()
 
     def versions(self) -> bytes:
         return f"{self.prefix}:versions".encode()

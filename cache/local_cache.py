@@ -15,7 +15,9 @@ gather(ids) in three phases, so the lock is never held across an await:
   3. (lock) insert the fetched/computed rows, evicting the least recently used slots in bulk
      (at least Cap/16 at a time, so eviction's argpartition is amortized over many misses).
 Because hit rows are copied out in phase 1, a concurrent gather evicting them cannot corrupt
-this one's result. Defaulted ids are not cached, so they are retried on the next gather.
+this one's result. Defaulted ids are not cached, so they are retried on the next gather. An
+`invalidate` (or `clear`) between phases 1 and 3 cancels phase 3: the rows were read from Redis
+before the change that caused it and must not be put back (there is no TTL to expire them later).
 
 Worked example: Cap=4, cache holds {7, 9}; gather([9, 5, 9]) -> hits=2 (positions 0 and 2),
 misses=1; id 5 is read from Redis (filled_from_redis=1) and takes a free slot.
@@ -84,6 +86,7 @@ class LocalProjectionCache:
             np.zeros((capacity, dim), np.float16) if self._host
             else torch.zeros((capacity, dim), dtype=torch.float16, device=self.device))
         self._inserts = 0  # _insert calls so far: tells a gather whether its misses may have arrived
+        self._epoch = 0  # invalidate/clear calls so far: a gather that saw an older one inserts nothing
         self._lock = threading.Lock()
         self._stats = dict.fromkeys(COUNTERS, 0)
         self._last_warn = -WARN_EVERY_S
@@ -96,7 +99,7 @@ class LocalProjectionCache:
         # 1. hits, under the lock, copied out immediately.
         with self._lock:
             self._slots.tick += 1
-            inserts_seen = self._inserts
+            inserts_seen, epoch_seen = self._inserts, self._epoch
             slots = self._slots.lookup(ids)  # int32 [N], -1 = miss
             hit = slots >= 0
             n_hit = int(hit.sum())
@@ -127,11 +130,12 @@ class LocalProjectionCache:
         else:
             self._put(out, miss_pos, rows)
 
-        # 3. insert what we found, evicting in bulk.
+        # 3. insert what we found, evicting in bulk (unless an invalidation made it stale meanwhile).
         with self._lock:
             # No insert since phase 1 (the usual case): the missed ids are still absent, no re-lookup.
-            self._insert(miss_ids[have], vt if have.all() else self._take(vt, np.flatnonzero(have)),
-                         maybe_present=self._inserts != inserts_seen)
+            if self._epoch == epoch_seen:
+                self._insert(miss_ids[have], vt if have.all() else self._take(vt, np.flatnonzero(have)),
+                             maybe_present=self._inserts != inserts_seen)
             self._stats["fills"] += n_fill
             self._stats["computed"] += n_comp
             self._stats["defaulted"] += n_default
@@ -147,10 +151,12 @@ class LocalProjectionCache:
         ids = check_ids(item_ids)
         with self._lock:
             self._slots.forget(ids)
+            self._epoch += 1
 
     def clear(self) -> None:
         with self._lock:
             self._slots.clear()
+            self._epoch += 1
 
     # ---- internals --------------------------------------------------------------------------
     def _to_dev(self, a: np.ndarray) -> torch.Tensor:

@@ -4,9 +4,19 @@ Layout (docs/redis_layout.md):
     P:v:V:proj:{b<bucket>}  hash  field = item id, value = float16[D] little-endian (2*D bytes)
     P:v:V:done              hash  bucket -> "count:checksum16hex"  (projector progress)
     P:v:V:marker            hash  version, count, checksum, dim, n_buckets, completed_at
+    P:v:V:gen               hash  gen, floor: the change generation scorers poll
+    P:v:V:changed           zset  item id -> generation of its last re-projection (capped change feed)
     P:versions              set   versions with projection keys
 A version is servable only when its marker exists; the marker is written last, by whichever
 projector shard completes the final bucket, from the per-bucket records.
+
+Change feed: a run that rewrites projections of a version that may be served bumps `gen` AFTER its
+data is written: an incremental run lists its ids in `changed` under the new generation first
+(`note_changed`), a full run raises `floor` to it (`note_reset`: "everything may have changed").
+A scorer that knows generation k reads (gen, floor): gen == k -> nothing new; floor > k -> drop all it
+caches of V; else the ids of `changed` with score in (k, gen] -> drop those (service/freshness.py).
+Generations are Unix milliseconds, strictly increasing (see _next_generation). The feed is capped at CHANGED_CAP ids: trimming the oldest raises floor, so a scorer that was
+behind the trimmed part falls back to dropping everything. One writer per version at a time.
 """
 from __future__ import annotations
 
@@ -21,6 +31,9 @@ from cache.bucket_map import BucketHashMap
 from cache.layout import PROJ_DTYPE, Keys, check_version
 
 log = logging.getLogger(__name__)
+
+CHANGED_CAP = 1_000_000  # ids kept in a version's change feed (~60 MB of zset at most)
+_FEED_CHUNK = 10_000
 
 
 class ProjectionStore:
@@ -75,6 +88,41 @@ class ProjectionStore:
         """Whole buckets -> per bucket (ids int64 [m], packed bytes uint8 [m, 2D])."""
         return await self._map.read_buckets(buckets)
 
+    # ---- change feed (scorers' freshness) -------------------------------------------------------
+    async def generation(self) -> tuple[int, int]:
+        """(gen, floor) of this version's change feed; (0, 0) before any change."""
+        raw = await self.client.hmget(self.keys.proj_generation(self.version), ["gen", "floor"])
+        return int(raw[0] or 0), int(raw[1] or 0)
+
+    async def note_changed(self, item_ids: np.ndarray, cap: int = CHANGED_CAP) -> int:
+        """After re-projecting (or deleting) item_ids [n]: list them under a new generation, then
+        publish it. Returns the new generation."""
+        gen, floor = await self.generation()
+        new = _next_generation(gen)
+        ids = np.unique(np.asarray(item_ids, np.int64))
+        key = self.keys.proj_changed(self.version)
+        for lo in range(0, ids.size, _FEED_CHUNK):
+            await self.client.zadd(key, dict.fromkeys(ids[lo:lo + _FEED_CHUNK].tolist(), new))
+        n = int(await self.client.zcard(key))
+        if n > cap:  # trim the oldest; whoever knew less than what was cut must drop everything
+            cut = await self.client.zrange(key, n - cap - 1, n - cap - 1, withscores=True)
+            floor = max(floor, int(cut[0][1]))
+            await self.client.zremrangebyscore(key, "-inf", floor)
+        await self.client.hset(self.keys.proj_generation(self.version), mapping={"gen": new, "floor": floor})
+        return new
+
+    async def note_reset(self) -> int:
+        """After a run that may have rewritten any projection: a new generation that is also the floor."""
+        new = _next_generation((await self.generation())[0])
+        await self.client.hset(self.keys.proj_generation(self.version), mapping={"gen": new, "floor": new})
+        await self.client.zremrangebyscore(self.keys.proj_changed(self.version), "-inf", new)
+        return new
+
+    async def changed_since(self, known: int, gen: int) -> np.ndarray:
+        """Ids re-projected in generations (known, gen], int64 [n]."""
+        raw = await self.client.zrangebyscore(self.keys.proj_changed(self.version), f"({known}", gen)
+        return np.array([int(x) for x in raw], np.int64)
+
     # ---- progress and completion --------------------------------------------------------------
     async def done_buckets(self) -> dict[int, tuple[int, int]]:
         """bucket -> (count, checksum) of every bucket the projector has finished."""
@@ -123,6 +171,12 @@ class ProjectionStore:
         return count, total
 
 
+def _next_generation(gen: int) -> int:
+    """Generations are Unix milliseconds, strictly increasing: a version deleted and projected again
+    starts above anything a scorer knew of its previous life (so it reads as a reset, never as 'no news')."""
+    return max(gen + 1, int(time.time() * 1000))
+
+
 async def list_versions(client: Any, keys: Keys) -> list[str]:
     return sorted(v.decode() for v in await client.smembers(keys.versions()))
 
@@ -133,6 +187,8 @@ async def delete_version(client: Any, keys: Keys, version: str) -> int:
     check_version(version)
     removed = int(await client.unlink(keys.proj_marker(version)))
     removed += int(await client.unlink(keys.proj_done(version)))
+    removed += int(await client.unlink(keys.proj_changed(version)))
+    removed += int(await client.unlink(keys.proj_generation(version)))
     removed += await BucketHashMap(client, keys.proj_buckets(version), 1).delete_all()
     await client.srem(keys.versions(), version)
     log.info("deleted projections of version %s (%d keys)", version, removed)

@@ -13,10 +13,17 @@ writes each bucket whole (UNLINK + HSET), then records the bucket in the version
     dim) that serving checks before it activates the version.
 Incremental mode re-projects given (new or changed) ids without touching the rest, deletes the
 projections of ids no longer in the catalog, and refreshes the affected buckets' records (read
-back from Redis) and the marker.
+back from Redis) and the marker. Every run that wrote something then publishes it on the version's
+change feed (ProjectionStore.note_changed / note_reset), which running scorers poll to drop what
+they cached of those items (service/freshness.py): an incremental run reaches them within their
+poll interval.
 
 CLI: python -m cache.projector --registry DIR --version V --redis-url URL [--shard i/n]
                                [--incremental-ids FILE] [--batch-size N] [--delete-version V]
+                               [--nice N] [--threads N]
+(the service runs it as `--nice 19 --threads 1` to project a version activated while another one
+serves, so the job's CPU goes to the serving process first; the URL comes from $REDIS_URL then, never
+the command line, where `ps` would show a password).
 """
 from __future__ import annotations
 
@@ -102,8 +109,12 @@ def _bucket_records(ids: np.ndarray, packed: np.ndarray, n_buckets: int) -> dict
 async def project_version(model: Projector, version: str, catalog_ids: np.ndarray | None,
                           catalog: CatalogStore, store: ProjectionStore, shard: tuple[int, int] = (0, 1),
                           batch_size: int = 16_384, incremental: bool = False,
-                          device: torch.device | None = None, progress: bool = True) -> dict[str, Any]:
+                          device: torch.device | None = None, progress: bool = True,
+                          throttle: float = 0.0) -> dict[str, Any]:
     """Project catalog items for `version` into `store`.
+
+    throttle: after each batch, pause `throttle` times as long as the batch took (1.0: half the rate),
+    so that a job running beside a serving process leaves Redis and the cores to it most of the time.
 
     catalog_ids: ids to project (full mode: the whole catalog; None = every id in `catalog`;
     incremental: the new/changed ids). Returns counts and timing; `complete` tells whether the
@@ -125,9 +136,15 @@ async def project_version(model: Projector, version: str, catalog_ids: np.ndarra
     t0 = time.perf_counter()
     stats = {"version": version, "shard": f"{i}/{n}", "mode": "incremental" if incremental else "full",
              "items_written": 0, "items_missing": 0, "buckets_done": 0, "buckets_skipped": 0}
+    if throttle < 0:
+        raise ValueError(f"throttle must be >= 0, got {throttle}")
     run = _run_incremental if incremental else _run_full
-    await run(model, ids, catalog, store, shard, batch_size, device, progress, stats)
+    await run(model, ids, catalog, store, shard, batch_size, device, progress, stats, throttle)
     marker = await store.write_marker_if_complete()
+    if incremental and ids.size:  # after the data and the marker: scorers that see the generation see both
+        stats["generation"] = await store.note_changed(ids)
+    elif stats["items_written"]:
+        stats["generation"] = await store.note_reset()
     secs = time.perf_counter() - t0
     stats.update(seconds=round(secs, 3), items_per_s=round(stats["items_written"] / secs, 1) if secs else 0.0,
                  complete=marker is not None, marker=marker)
@@ -149,7 +166,7 @@ async def _project_batch(model: Projector, ids: np.ndarray, catalog: CatalogStor
 
 async def _run_full(model: Projector, ids: np.ndarray, catalog: CatalogStore, store: ProjectionStore,
                     shard: tuple[int, int], batch_size: int, device: torch.device, progress: bool,
-                    stats: dict[str, Any]) -> None:
+                    stats: dict[str, Any], throttle: float = 0.0) -> None:
     i, n = shard
     nb = store.keys.n_buckets
     done = await store.done_buckets()
@@ -174,6 +191,7 @@ async def _run_full(model: Projector, ids: np.ndarray, catalog: CatalogStore, st
     try:
         with tqdm(total=total, unit="item", desc=f"project {store.version} {i}/{n}", disable=not progress) as bar:
             for k in range(len(batches)):
+                t_batch = time.perf_counter()
                 batch, n_ids, got, vecs = await nxt
                 nxt = asyncio.ensure_future(prepare(batches[k + 1])) if k + 1 < len(batches) else None
                 packed = np.ascontiguousarray(vecs, dtype=PROJ_DTYPE).view(np.uint8)  # [K, 2D]
@@ -186,6 +204,8 @@ async def _run_full(model: Projector, ids: np.ndarray, catalog: CatalogStore, st
                 stats["items_written"] += int(got.size)
                 stats["buckets_done"] += len(batch)
                 bar.update(n_ids)
+                if throttle:
+                    await asyncio.sleep(throttle * (time.perf_counter() - t_batch))
     finally:
         if nxt is not None:  # a failed batch: stop the prefetch and collect its outcome
             nxt.cancel()
@@ -195,10 +215,11 @@ async def _run_full(model: Projector, ids: np.ndarray, catalog: CatalogStore, st
 
 async def _run_incremental(model: Projector, ids: np.ndarray, catalog: CatalogStore, store: ProjectionStore,
                            shard: tuple[int, int], batch_size: int, device: torch.device, progress: bool,
-                           stats: dict[str, Any]) -> None:
+                           stats: dict[str, Any], throttle: float = 0.0) -> None:
     touched: set[int] = set()
     with tqdm(total=ids.size, unit="item", desc=f"reproject {store.version}", disable=not progress) as bar:
         for lo in range(0, ids.size, batch_size):
+            t_batch = time.perf_counter()
             bids = ids[lo:lo + batch_size]
             got, vecs, gone = await _project_batch(model, bids, catalog, device, stats)
             await store.put(got, vecs)
@@ -207,6 +228,8 @@ async def _run_incremental(model: Projector, ids: np.ndarray, catalog: CatalogSt
             touched.update((bids % store.keys.n_buckets).tolist())
             stats["items_written"] += int(got.size)
             bar.update(bids.size)
+            if throttle:
+                await asyncio.sleep(throttle * (time.perf_counter() - t_batch))
     # Refresh the records of buckets a full run already finished (others get done by that run).
     done = await store.done_buckets()
     refresh = sorted(b for b in touched if b in done)
@@ -260,7 +283,7 @@ async def _cli(args: argparse.Namespace) -> dict[str, Any]:
         ids = _read_ids(args.incremental_ids) if args.incremental_ids else None
         return await project_version(model, version, ids, catalog, store, shard=args.shard,
                                      batch_size=args.batch_size, incremental=ids is not None,
-                                     device=device, progress=not args.no_progress)
+                                     device=device, progress=not args.no_progress, throttle=args.throttle)
     finally:
         await h.aclose()
 
@@ -279,7 +302,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-buckets", type=int, default=256)
     p.add_argument("--delete-version", help="garbage-collect this version's projections and exit")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--nice", type=int, default=0, help="raise this process's niceness first (0-19)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--throttle", type=float, default=0.0,
+                   help="after each batch, pause this many times its duration (1.0: half the rate)")
     args = p.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.redis_url:
         p.error("--redis-url (or REDIS_URL) is required: an embedded Redis would vanish when the job exits")
     if not args.delete_version and not args.registry:

@@ -6,13 +6,16 @@ values, S short-term window, F_h inherent raw features, d behaviors appended sin
 An entry (`UserSequence`) is the newest-first sequence the uncached fetch would build: item ids [m],
 ts [m], cross [m, J_s], the gathered projections seq_proj [m, D] float16 on the model's device, the
 raw catalog rows of the S newest behaviors, and `total` = the user's behaviors-ever count it is
-current for. Its freshness is checked on every use, in one Redis round trip
+current for. Its freshness is checked on every use by `current`, in one Redis round trip
 (`BehaviorStore.read_since(user, total, L)`): d new records -> `extend` puts them in front and cuts to
 L (only the d new items are gathered and only the new S-window rows read); a count that went down,
 d >= L, or a record just older than the delta that differs from the entry's newest (a rewritten
-history) -> a full read. What that check cannot see, an item re-projected in place under the same
-version or a rewrite that kept the newest record, is bounded by `max_age_s`: past it an entry is
-read in full again (a delta keeps its entry's birth time, so a busy user is re-read too).
+history) -> a full read. Items re-projected in place under the same version are dropped with the
+entries that hold them (`invalidate_items`, driven by the projector's change feed, see
+service/freshness.py); what neither can see (a rewrite that kept the newest record) is bounded by
+`max_age_s`: past it an entry is read in full again (a delta keeps its entry's birth time, so a busy
+user is re-read too). An entry built from reads that started before an invalidation is not stored
+(`epoch`), so a request in flight cannot put back what was just dropped.
 
 Bounded by bytes (host arrays + device tensor) with LRU eviction. Entries are built for one model
 version (projections are per version), so the cache lives in the model slot and a hot swap starts
@@ -33,7 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cache.behavior_store import BehaviorBlock
+from cache.behavior_store import BehaviorBlock, BehaviorStore
 
 ENTRY_OVERHEAD_BYTES = 1024  # Python objects, dict slot, array headers: keeps tiny entries honest
 # What a lookup and the caller's freshness check found: entry current (hits), d new records (deltas),
@@ -129,7 +132,25 @@ class UserSequenceCache:
         self.max_bytes, self.max_age_s, self.clock = max_bytes, max_age_s, clock
         self._entries: OrderedDict[int, UserSequence] = OrderedDict()  # least recently used first
         self._bytes = 0
-        self._stats = dict.fromkeys((*OUTCOMES, "evictions", "too_large"), 0)
+        self._stats = dict.fromkeys((*OUTCOMES, "evictions", "too_large", "invalidated"), 0)
+        self.epoch = 0  # bumped by every invalidation: puts of entries read before it are dropped
+
+    async def current(self, user_id: int, behaviors: BehaviorStore, L: int
+                      ) -> tuple[UserSequence | None, BehaviorBlock, bytes]:
+        """The freshness check, one read_since round trip (two after a rewrite) -> (base, new, newest):
+        base = the user's entry when it is still a prefix of the log (None: rebuild), new = the
+        records to put in front of it (the whole window when base is None), newest = the log's
+        newest packed record (the next check's anchor). Counts the outcome. Redis errors propagate."""
+        base = self.lookup(user_id)
+        since = await behaviors.read_since(user_id, base.total if base is not None else -1, L)
+        if base is not None and (since.full or since.anchor != base.newest):
+            self.count("resets" if since.full else "rewritten")
+            base = None
+            if not since.full:  # rewritten under the same or a larger count: read it all again
+                since = await behaviors.read_since(user_id, -1, L)
+        elif base is not None:
+            self.count("deltas" if len(since.block) else "hits")
+        return base, since.block, since.newest
 
     def lookup(self, user_id: int) -> UserSequence | None:
         """The user's entry if it is younger than max_age_s (counts a miss or an expiry otherwise)."""
@@ -144,9 +165,12 @@ class UserSequenceCache:
         self._entries.move_to_end(user_id)
         return entry
 
-    def put(self, user_id: int, entry: UserSequence) -> None:
+    def put(self, user_id: int, entry: UserSequence, epoch: int | None = None) -> None:
         """Store (or replace) the user's entry, evicting least recently used ones past max_bytes.
-        An entry larger than the whole budget is not stored."""
+        An entry larger than the whole budget is not stored, nor one whose reads began at an `epoch`
+        an invalidation has ended since."""
+        if epoch is not None and epoch != self.epoch:
+            return
         self._drop(user_id)
         if entry.nbytes > self.max_bytes:
             self._stats["too_large"] += 1
@@ -157,15 +181,34 @@ class UserSequenceCache:
             self._drop(next(iter(self._entries)))
             self._stats["evictions"] += 1
 
+    def recent_users(self, n: int) -> list[int]:
+        """The n users looked up most recently, most recent first."""
+        return [u for u, _ in zip(reversed(self._entries), range(n))]
+
     def count(self, outcome: str) -> None:
         self._stats[outcome] += 1
 
     def invalidate(self, user_id: int) -> None:
         self._drop(user_id)
+        self.epoch += 1
+
+    def invalidate_items(self, item_ids: np.ndarray) -> int:
+        """Drop every entry that holds one of item_ids [n] (re-projected or re-cataloged items: their
+        rows in seq_proj / recent are stale). O(behaviors held); returns the entries dropped."""
+        self.epoch += 1
+        changed = np.unique(np.asarray(item_ids, np.int64))
+        if changed.size == 0:
+            return 0
+        doomed = [u for u, e in self._entries.items() if np.isin(e.item_id, changed, assume_unique=False).any()]
+        for u in doomed:
+            self._drop(u)
+        self._stats["invalidated"] += len(doomed)
+        return len(doomed)
 
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
+        self.epoch += 1
 
     def stats(self) -> dict[str, int]:
         return {**self._stats, "entries": len(self._entries), "bytes": self._bytes, "max_bytes": self.max_bytes}

@@ -169,8 +169,8 @@ def load_artifact(directory: Path, build_model: ModelBuilder = build_twin) -> tu
     tensors = read_weights(directory, manifest)
     try:
         model = build_model(manifest.twin_config())
-    except (TypeError, ValueError) as e:
-        raise ArtifactError(f"{directory / MANIFEST_FILE}: config does not build a model: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a config that validated but cannot build a model is refused data
+        raise ArtifactError(f"{directory / MANIFEST_FILE}: config does not build a model: {type(e).__name__}: {e}") from e
     check_against_model(tensors, model, str(directory / WEIGHTS_FILE))
     model.load_state_dict(tensors, strict=True)
     model.eval()

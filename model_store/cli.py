@@ -8,7 +8,8 @@
     python -m model_store.cli --root DIR gc --keep 5 [--dry-run]
     python -m model_store.cli --root DIR delete 20261129-0001
 
-Exit status: 0 ok, 1 refused / broken artifact (message on stderr), 2 bad usage.
+Exit status: 0 ok, 1 refused / broken artifact (one line per problem on stderr; `list` still prints
+the valid versions), 2 bad usage.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def cmd_list(reg: ModelRegistry, args: argparse.Namespace) -> int:
     print(f"{len(manifests)} version(s); active: {active or 'none'}")
     for name, reason in broken:
         print(f"BROKEN {name}: {reason}", file=sys.stderr)
-    return 0
+    return 1 if broken else 0
 
 
 def cmd_show(reg: ModelRegistry, args: argparse.Namespace) -> int:

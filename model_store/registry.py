@@ -170,11 +170,12 @@ class ModelRegistry:
 
     # ---- activate / rollback ---------------------------------------------------------------------
 
-    def activate(self, version: str) -> Manifest:
+    def activate(self, version: str, verified: bool = False) -> Manifest:
         """Make `version` active after fully verifying it. A missing or corrupt version raises and the
-        current active version stays."""
+        current active version stays. verified=True: the caller has just loaded it (`load` checks the
+        same), so only the cheap check runs (a service that activates what it prepared)."""
         try:
-            manifest = self.verify(version)
+            manifest = self.get(version) if verified else self.verify(version)
         except ArtifactError as e:
             log.warning("refusing to activate %s: %s", version, e)
             raise

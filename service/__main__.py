@@ -27,16 +27,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.bootstrap:
         from pathlib import Path
 
-        from service.bootstrap import DEFAULT_DATA, run_bootstrap
+        from service.bootstrap import DEFAULT_DATA, run_or_exit
 
-        run_bootstrap(settings, Path(args.data) if args.data else DEFAULT_DATA)  # the embedded Redis keeps its data dir, so the server below sees it
+        run_or_exit(settings, Path(args.data) if args.data else DEFAULT_DATA)  # the embedded Redis keeps its data dir, so the server below sees it
     serve(settings, log_level=args.log_level)
 
 
+def uvicorn_config(settings: Settings, log_level: str = "info", app=None) -> uvicorn.Config:
+    """The server's configuration from the settings (the tests serve real sockets with it too)."""
+    return uvicorn.Config(app if app is not None else create_app(settings), host=settings.host, port=settings.port,
+                          loop="uvloop", http="httptools", log_level=log_level, access_log=False, lifespan="on",
+                          limit_concurrency=settings.max_connections)
+
+
 def serve(settings: Settings, log_level: str = "info") -> None:
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
-                            http="httptools", log_level=log_level, access_log=False, lifespan="on")
-    uvicorn.Server(config).run()
+    uvicorn.Server(uvicorn_config(settings, log_level)).run()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +19,7 @@ from service.context import ServiceContext
 from service.engine.engine import Engine
 from service.engine.fetch import Fetcher
 from service.engine.worker import InferenceWorker, resolve_device
+from service.body_deadline import BodyDeadline
 from service.errors import BugBarrier, install_error_handlers
 from service.health import HealthMonitor
 from service.lifecycle import ModelManager
@@ -37,12 +39,11 @@ async def build_context(settings: Settings, metrics: Metrics) -> ServiceContext:
     keys = Keys(prefix=settings.redis_prefix, n_buckets=settings.redis_buckets)
     registry = ModelRegistry(settings.model_root)
     worker = InferenceWorker(resolve_device(settings.device), settings.torch_threads, settings.parallel_threads)
-    engine = Engine(settings, metrics, worker)
-    metrics.watch_caches(lambda: engine.active)
     health = HealthMonitor(redis, worker, settings.redis_ping_interval_s, settings.redis_timeout_ms / 1e3)
-    fetcher = Fetcher(health, settings.redis_timeout_ms / 1e3)
+    engine = Engine(settings, metrics, worker, Fetcher(health, settings.redis_timeout_ms / 1e3))
+    metrics.watch_caches(lambda: engine.active)
     models = ModelManager(settings, registry, redis, keys, engine)
-    return ServiceContext(settings, metrics, redis, keys, registry, engine, fetcher, health, models)
+    return ServiceContext(settings, metrics, redis, keys, registry, engine, health, models)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("starting: pid %d, model root %s", os.getpid(), settings.model_root)
         # The ~10^5 objects of the imported libraries live as long as the process: out of the
         # collector's sight, a full collection scans only what serving allocates (full collections
         # took 25-110 ms each in this process while it started).
@@ -79,11 +81,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app, settings.retry_after_s)
+    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s)  # innermost: its 408s are counted
     app.add_middleware(BugBarrier)  # inside the metrics middleware, so the 500s it answers are counted
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.include_router(api_router)
     app.openapi = lambda: custom_openapi(app, settings)  # type: ignore[method-assign]
     return app
+
+
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _integral_bounds(node: Any) -> Any:
+    """pydantic writes integer bounds as floats (2^63 as 9.223372036854776e+18): write them as the
+    integers they are, so every reader, float64 or bignum, gets the exact bound."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in _BOUNDS and isinstance(v, float) and v.is_integer():
+                node[k] = int(v)
+            else:
+                _integral_bounds(v)
+    elif isinstance(node, list):
+        for v in node:
+            _integral_bounds(v)
+    return node
 
 
 def custom_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
@@ -96,5 +117,5 @@ def custom_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         if "EventsRequest" in schemas:
             schemas["EventsRequest"]["properties"]["events"]["maxItems"] = settings.max_events
         doc["info"]["x-max-body-bytes"] = settings.max_body_bytes
-        app.openapi_schema = doc
+        app.openapi_schema = _integral_bounds(doc)
     return app.openapi_schema

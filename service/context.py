@@ -6,7 +6,6 @@ from typing import Any
 
 from model_store.registry import ModelRegistry
 from service.engine.engine import Engine
-from service.engine.fetch import Fetcher
 from service.health import HealthMonitor
 from service.lifecycle import ModelManager
 from service.metrics import Metrics
@@ -21,7 +20,6 @@ class ServiceContext:
     keys: Any   # cache.layout.Keys
     registry: ModelRegistry
     engine: Engine
-    fetcher: Fetcher
     health: HealthMonitor
     models: ModelManager
 
@@ -31,7 +29,7 @@ class ServiceContext:
         if self.engine.active is None and not reasons:
             reasons.append("no_active_model")
         if not self.health.redis_ok:
-            reasons.append("redis_unavailable")
+            reasons.append(self.health.redis_reason)
         if not self.health.device_ok:
             reasons.append("device_unavailable")
         if self.engine.batcher.stopped:

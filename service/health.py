@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from cache.errors import describe, outage_reason
 from service.engine.worker import InferenceWorker
 from service.tasks import cancel_and_wait
 
@@ -24,24 +25,31 @@ class HealthMonitor:
         self.redis_timeout_s = redis_timeout_s
         self.device_timeout_s = device_timeout_s
         self.redis_ok = False
+        self.redis_reason = "redis_unavailable"  # why Redis is down (cache.errors.outage_reason), for readiness
         self.device_ok = False
         self._checked = False
         self._task: asyncio.Task | None = None
 
     async def check_once(self) -> None:
         try:
-            ok = bool(await asyncio.wait_for(self.redis.ping(), self.redis_timeout_s))
-        except Exception:  # noqa: BLE001 - any failure is "unreachable"
-            ok = False
-        if ok != self.redis_ok and (self._checked or not ok):
-            log.warning("redis is %s", "reachable again" if ok else "UNREACHABLE")
-        self.redis_ok, self._checked = ok, True
+            ok = bool(await asyncio.wait_for(self.redis.client.ping(), self.redis_timeout_s))
+            reason = "redis_unavailable"
+        except Exception as e:  # noqa: BLE001 - any failure is "unreachable"; its kind names the reason
+            ok, reason = False, outage_reason(e)
+            if self.redis_ok or not self._checked or reason != self.redis_reason:
+                log.warning("redis is UNREACHABLE: %s", describe(e))
+        if ok and not self.redis_ok and self._checked:
+            log.warning("redis is reachable again")
+        self.redis_ok, self.redis_reason, self._checked = ok, reason, True
         self.device_ok = await self.worker.probe(self.device_timeout_s, fresh_s=self.interval_s + self.device_timeout_s)
 
-    def note_redis_failure(self) -> None:
+    def note_redis_failure(self, exc: BaseException | None = None) -> None:
+        """A request saw an outage (cache.errors.is_outage): open the breaker until the probe closes it."""
         if self.redis_ok:
             log.warning("redis marked down after a failed request")
         self.redis_ok = False
+        if exc is not None:
+            self.redis_reason = outage_reason(exc)
 
     async def _loop(self) -> None:
         while True:

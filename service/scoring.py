@@ -1,4 +1,5 @@
-"""The score use case: validate against the serving model's schema, fetch, run, shape the answer."""
+"""The score endpoint's work around the engine: validate against the serving model's schema, hand the
+request to `Engine.score` (admit, fetch, queue, answer, release), record metrics, shape the answer."""
 from __future__ import annotations
 
 import time
@@ -59,16 +60,9 @@ async def score(ctx: ServiceContext, body: ScoreRequest, deadline_ms: float) -> 
                           f"not {len(body.candidates)}", len(body.candidates), kind="too_long")
     cand, given = candidate_matrix(slot, body.candidates)
     now = body.context.ts if body.context is not None and body.context.ts is not None else now_ms()
-    # Fetch only once admitted: a burst waits unfetched instead of fetching far ahead of the model.
-    t_admit = time.perf_counter()
-    admission = await ctx.engine.admit(len(body.candidates), deadline)
-    admit_ms = (time.perf_counter() - t_admit) * 1e3
-    try:
-        fetched = await ctx.fetcher.fetch(slot, body.user_id, cand, given, now, body.explain, deadline)
-        result = await ctx.engine.run(fetched.inputs, deadline, admission)
-    finally:
-        admission.release()
-    timings = {"queue": admit_ms + result.queue_ms, "fetch": fetched.fetch_ms, "gsu": result.gsu_ms,
+    scored = await ctx.engine.score(slot, body.user_id, cand, given, now, body.explain, deadline)
+    fetched, result = scored.fetched, scored.result
+    timings = {"queue": scored.admit_ms + result.queue_ms, "fetch": fetched.fetch_ms, "gsu": result.gsu_ms,
                "esu": result.esu_ms, "total": (time.perf_counter() - t0) * 1e3}
     m = ctx.metrics
     m.observe_stages(timings)

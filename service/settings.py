@@ -81,7 +81,18 @@ class Settings(BaseSettings):
     warmup: Literal["auto", "grid", "edges", "none"] = Field(
         "auto",
         description="Warm-up shapes: grid = every (L, C) bucket pair; edges = each L bucket at the smallest C "
-        "and each C bucket at the largest L; auto = grid on CUDA, edges on CPU; none.",
+        "and each C bucket at the largest L (on CPU: each L bucket at the smallest C plus the largest (L, C); on a CPU swap "
+        "while another version serves: the smallest C at the smallest and largest L); "
+        "auto = grid on CUDA, edges on CPU; none.",
+    )
+    swap_prefill_users: int = Field(
+        256, ge=0, description="Before a version is switched in under traffic, the sequences of this many users the "
+        "serving version answered most recently are read into its caches (0: it starts cold).",
+    )
+    swap_prefill_s: float = Field(2.0, ge=0, description="Longest the pre-switch prefill may take.")
+    prepare_nice: int = Field(
+        19, ge=0, le=19, description="Niceness of the projector process that projects a version activated while "
+        "another one serves (python -m cache.projector --nice N --threads 1): its CPU goes to serving first.",
     )
     local_cache_capacity: int = Field(
         200_000, ge=1, description="Items held by the device-memory projection cache (per model version)."
@@ -98,6 +109,10 @@ class Settings(BaseSettings):
         200_000, ge=0, description="Catalog rows (candidates, recent behaviors) held in process memory; 0 disables "
         "the row cache (every row read from Redis).",
     )
+    projection_poll_s: float = Field(
+        1.0, gt=0, description="How often each served version's projection change feed is read (service/freshness.py): "
+        "an item re-projected by an incremental projector run is served with its new projection within this long.",
+    )
     catalog_cache_ttl_s: float = Field(
         60.0, gt=0, description="Longest time a cached catalog row is served before it is read again from Redis "
         "(how late a catalog update is seen).",
@@ -107,6 +122,14 @@ class Settings(BaseSettings):
     max_candidates: int = Field(1000, ge=1, description="Candidates per /v1/score request.")
     max_events: int = Field(1000, ge=1, description="Events per /v1/events request.")
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="Request body size limit (413 past it).")
+    body_timeout_s: float = Field(
+        5.0, gt=0, description="A request's whole body must arrive within this long of its start; past it 408 and "
+        "the connection is closed (a slow or stalled client cannot hold a connection open).",
+    )
+    max_connections: int | None = Field(
+        1024, ge=1, description="Open connections (and request tasks) uvicorn accepts; past it new requests get "
+        "503 at once (uvicorn's limit_concurrency). Unset -> unbounded.",
+    )
 
     # --- batching and load shedding
     batch_max_candidates: int | None = Field(
@@ -123,7 +146,7 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 429/503.")
 
-    @field_validator("embedded_redis_dir", "redis_url", "admin_token", mode="before")
+    @field_validator("embedded_redis_dir", "redis_url", "admin_token", "max_connections", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v

@@ -102,13 +102,15 @@ async def delete_prefix(h: RedisHandle, k: Keys) -> None:
 
 
 # ---- extra redis-server processes (auth, outage and cluster tests) ------------------------------
-def free_port(bus: bool = False) -> int:
-    """A loopback port that is free now (and, with bus=True, port + 10000 too, for cluster bus)."""
+def free_port(bus: bool = False, range_env: str = "TWIN_TEST_REDIS_PORTS") -> int:
+    """A loopback port that is free now (and, with bus=True, port + 10000 too, for cluster bus), from
+    20000-30000, or from the range in $range_env ("6592-6599") where people sharing a machine split it."""
     import random
     import socket
 
+    lo, hi = (int(x) for x in os.environ.get(range_env, "20000-30000").split("-"))
     for _ in range(200):
-        port = random.randint(20_000, 30_000)
+        port = random.randint(lo, hi)
         ok = True
         for p in (port, port + 10_000) if bus else (port,):
             with socket.socket() as s:

@@ -14,7 +14,7 @@ import redis._parsers.hiredis as private_parser
 from redis.exceptions import ResponseError
 
 from cache import hiredis_packing
-from cache.hiredis_packing import HiredisConnection, execute_packed, pack, pack_id_commands
+from cache.hiredis_packing import execute_packed, pack, pack_id_commands
 
 
 def _rename_away(monkeypatch, name: str) -> None:
@@ -46,19 +46,21 @@ async def test_without_redis_py_private_parser_the_public_path_gives_the_same_re
 
     _rename_away(monkeypatch, private_name)
     public_reads = 0
-    read_response = HiredisConnection.read_response
+    conn = await client.connection_pool.get_connection()
+    try:
+        assert hiredis_packing._raw_reader(conn) is None  # the fast path declines, it does not crash
+        cls = type(conn)  # TCP or unix socket (the embedded server): whichever class the pool makes
+    finally:
+        await client.connection_pool.release(conn)
+    assert issubclass(cls, hiredis_packing._HiredisPackMixin)
+    read_response = cls.read_response
 
     async def counting_read_response(self, *args, **kwargs):
         nonlocal public_reads
         public_reads += 1
         return await read_response(self, *args, **kwargs)
 
-    monkeypatch.setattr(HiredisConnection, "read_response", counting_read_response)
-    conn = await client.connection_pool.get_connection()
-    try:
-        assert hiredis_packing._raw_reader(conn) is None  # the fast path declines, it does not crash
-    finally:
-        await client.connection_pool.release(conn)
+    monkeypatch.setattr(cls, "read_response", counting_read_response)
 
     assert await execute_packed(client, cmds) == fast
     assert public_reads == len(cmds)  # every reply came through redis-py's public read_response

@@ -13,6 +13,8 @@ def test_key_bytes_are_pinned():
     assert k.proj_buckets("v1")[255] == b"twin:v:v1:proj:{b255}"
     assert k.proj_marker("v1") == b"twin:v:v1:marker"
     assert k.proj_done("v1") == b"twin:v:v1:done"
+    assert k.proj_generation("v1") == b"twin:v:v1:gen"
+    assert k.proj_changed("v1") == b"twin:v:v1:changed"
     assert k.versions() == b"twin:versions"
     assert k.item_bucket(3) == b"twin:item:{b3}"
     assert k.user_log(123) == b"twin:user:{u123}:log"

@@ -122,19 +122,24 @@ async def test_a_redis_failure_mid_delta_degrades_and_leaves_the_cache_consisten
         assert j["degraded"] is False and slot.user_cache.lookup(1).total == total + 4
 
 
-async def test_a_model_swap_starts_an_empty_user_cache(world: World):
+@pytest.mark.parametrize("prefill", [256, 0])
+async def test_a_model_swap_starts_a_user_cache_of_its_own(world: World, prefill: int):
+    """Cached sequences hold one version's projections: the new version never sees the old one's
+    entries; it starts empty, or (swap_prefill_users) with the served users' sequences read for it."""
     v1 = world.registry.active()
     v2 = world.publish(seed=1)
-    async with running(world.settings) as (app, client):
+    async with running(world.settings.model_copy(update={"swap_prefill_users": prefill})) as (app, client):
         await client.post("/v1/score", json=req(2))
         old = app.state.ctx.engine.active
         assert old.version == v1 and old.user_cache.stats()["entries"] == 1
         act = await client.post(f"/v1/models/{v2}/activate", headers={"Authorization": f"Bearer {ADMIN}"})
         assert act.status_code == 200
         new = app.state.ctx.engine.active
-        assert new.version == v2 and new.user_cache is not old.user_cache and new.user_cache.stats()["entries"] == 0
+        before = new.user_cache.stats()
+        assert new.version == v2 and new.user_cache is not old.user_cache and before["entries"] == (1 if prefill else 0)
         r = await client.post("/v1/score", json=req(2))
-        assert new.user_cache.stats()["misses"] == 1 and new.user_cache.stats()["hits"] == 0
+        after = new.user_cache.stats()
+        assert (after["hits"], after["misses"] - before["misses"]) == ((1, 0) if prefill else (0, 1))
     assert r.json()["model_version"] == v2
     want, _ = await reference_scores(world, v2, 2, CANDS, NOW_MS)
     np.testing.assert_allclose(r.json()["scores"], want.scores[0].numpy(), atol=1e-5, rtol=0)

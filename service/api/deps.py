@@ -37,8 +37,10 @@ AdminDep = Annotated[None, Depends(require_admin)]
 
 async def deadline_ms(
     ctx: CtxDep,
-    x_deadline_ms: Annotated[float | None, Header(gt=0, le=600_000, allow_inf_nan=False,
-                                                  description="Per-request deadline override (ms).")] = None,
+    # typed float, not float | None: the header is optional, but "null" is no value for it, and the
+    # OpenAPI document must not offer one (FastAPI writes anyOf [number, null] for an Optional)
+    x_deadline_ms: Annotated[float, Header(gt=0, le=600_000, allow_inf_nan=False,
+                                           description="Per-request deadline override (ms).")] = None,  # type: ignore[assignment]
 ) -> float:
     return x_deadline_ms if x_deadline_ms is not None else ctx.settings.deadline_ms
 

@@ -16,10 +16,13 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from cache.behavior_store import MAX_EVENT_ID_BYTES  # the store's own limit, checked here before any write
 
-MAX_ID = 2**63 - 1
-Id = Annotated[StrictInt, Field(ge=0, le=MAX_ID, description="Integer id in [0, 2^63).")]
-TimeMs = Annotated[StrictInt, Field(ge=0, le=MAX_ID, description="Unix time in milliseconds.")]
-FeatureValue = Annotated[StrictInt, Field(ge=0, le=MAX_ID, description="Raw integer value (id, seconds, ...).")]
+# The bound is written as exclusiveMaximum 2^63, not maximum 2^63 - 1: a JSON reader that holds numbers
+# as float64 (JavaScript, many schema validators and fuzzers) reads 2^63 - 1 as 2^63 and then proposes
+# values the service refuses; 2^63 is exact in float64, and every float64 below it is a valid id.
+ID_LIMIT = 2**63
+Id = Annotated[StrictInt, Field(ge=0, lt=ID_LIMIT, description="Integer id in [0, 2^63).")]
+TimeMs = Annotated[StrictInt, Field(ge=0, lt=ID_LIMIT, description="Unix time in milliseconds.")]
+FeatureValue = Annotated[StrictInt, Field(ge=0, lt=ID_LIMIT, description="Raw integer value (id, seconds, ...).")]
 
 
 def _number_only(v: Any) -> Any:
@@ -136,12 +139,19 @@ class ModelInfo(BaseModel):
     parent: str | None = None
 
 
+class BrokenVersion(BaseModel):
+    version: str = Field(description="Name of the version's folder in the registry.")
+    reason: str = Field(description="Why it cannot be loaded (activating it answers 409).")
+
+
 class ModelsResponse(BaseModel):
     active: str | None = Field(description="Version the registry marks active.")
     serving: str | None = Field(description="Version this process serves new requests with.")
     features: list[str] = Field(description="Candidate feature names of the serving model.")
     cross: list[str] = Field(description="Event cross feature names of the serving model.")
     versions: list[ModelInfo]
+    broken: list[BrokenVersion] = Field(default_factory=list, description="Published versions that fail the "
+                                        "registry's checks (bad manifest, missing or resized weights).")
 
 
 class ActiveResponse(BaseModel):

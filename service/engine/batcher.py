@@ -15,13 +15,21 @@ not fetch far ahead of the model: its Redis budget is not spent waiting on our o
 scored requests degraded), and its data is not stale by the time it runs.
 The queue is bounded: past `queue_max` waiting requests (admission + queue) a request is refused at
 once (429 + Retry-After).
+
+Background work for the inference thread (the warm-up of a version being prepared while another
+serves) goes through `run_when_idle`: a job runs between batches, only when no request is queued or
+being fetched, so serving requests never wait behind it for more than one job; a job kept out that
+way for IDLE_PATIENCE_S runs at the next empty queue even while requests are being fetched.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from service.engine.forward import run_batch
 from service.engine.request import Pending, ScoreInputs, ScoreResult
@@ -31,6 +39,8 @@ from service.metrics import Metrics
 from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+IDLE_PATIENCE_S = 2.0
 
 
 class Admission:
@@ -70,6 +80,8 @@ class MicroBatcher:
         self._admitted_candidates = 0  # of requests admitted and not yet in a batch
         self._fetching = 0  # admitted requests not yet submitted
         self._waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()  # FIFO
+        self._idle_jobs: collections.deque[tuple[float, Callable[..., Any], tuple, asyncio.Future]] = \
+            collections.deque()
 
     def _fits(self, n_cand: int) -> bool:
         return self._admitted_candidates == 0 or self._admitted_candidates + n_cand <= self.window_candidates
@@ -164,6 +176,40 @@ class MicroBatcher:
             p = self._queue.popleft()
             if not p.future.done():
                 p.future.set_exception(NotReady("the engine is shutting down", reason="shutdown"))
+        while self._idle_jobs:
+            fut = self._idle_jobs.popleft()[3]
+            if not fut.done():
+                fut.set_exception(NotReady("the engine is shutting down", reason="shutdown"))
+
+    async def run_when_idle(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) on the inference thread, at low priority (see the module doc); its result."""
+        if self.stopped:
+            raise NotReady("the engine is not running", reason="engine_stopped")
+        fut = asyncio.get_running_loop().create_future()
+        self._idle_jobs.append((time.monotonic(), fn, args, fut))
+        self._wakeup.set()
+        return await fut
+
+    def _idle_job_due(self) -> bool:
+        if not self._idle_jobs or self._queue or self._waiters:
+            return False
+        return self._fetching == 0 or time.monotonic() - self._idle_jobs[0][0] > IDLE_PATIENCE_S
+
+    async def _run_idle_job(self) -> None:
+        _, fn, args, fut = self._idle_jobs.popleft()
+        if fut.done():  # its caller gave up
+            return
+        try:
+            out = await self.worker.call(fn, *args)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as e:  # noqa: BLE001 - the job's failure is its caller's, not the loop's
+            if not fut.done():
+                fut.set_exception(e)
+            return
+        if not fut.done():
+            fut.set_result(out)
 
     # ---- the loop ----------------------------------------------------------------------------
     def _full(self) -> bool:
@@ -171,8 +217,14 @@ class MicroBatcher:
 
     async def _take(self) -> list[Pending]:
         while not self._queue:
+            if self._idle_job_due():
+                return []  # the loop runs it
             self._wakeup.clear()
-            await self._wakeup.wait()
+            if self._idle_jobs:  # waiting for fetches to end: re-check when its patience runs out
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), IDLE_PATIENCE_S)
+            else:
+                await self._wakeup.wait()
         # Idle worker: give requests still being fetched a moment to join (bounded by the oldest one's wait).
         remaining = self._queue[0].enqueued_at + self.max_wait_s - time.monotonic()
         while remaining > 0 and not self._full() and self._fetching > 0:
@@ -222,6 +274,9 @@ class MicroBatcher:
     async def _loop(self) -> None:
         while True:
             batch = await self._take()  # step 1
+            if not batch and self._idle_job_due():
+                await self._run_idle_job()
+                continue
             if not batch:
                 continue
             started = time.monotonic()

@@ -1,4 +1,5 @@
-"""The engine client the HTTP layer talks to: the active model slot, the batcher and the worker.
+"""The engine client the HTTP layer talks to: the active model slot, the fetcher, the batcher and the
+worker, and the score use case over them (`score`: admit, fetch, queue, answer, release).
 
 Switching models is one reference assignment (`swap`); a request captures the slot when it starts
 and every batch holds the slot of its requests, so in-flight work finishes on its own version.
@@ -9,8 +10,12 @@ import asyncio
 import gc
 import logging
 import time
+from dataclasses import dataclass
+
+import numpy as np
 
 from service.engine.batcher import Admission, MicroBatcher
+from service.engine.fetch import Fetched, Fetcher
 from service.engine.request import ScoreInputs, ScoreResult
 from service.engine.slot import ModelSlot
 from service.engine.worker import InferenceWorker
@@ -21,9 +26,17 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Scored:
+    fetched: Fetched      # what was read (degraded reasons, cache counts, the sequence for explain)
+    result: ScoreResult   # the model's answer
+    admit_ms: float       # waiting for a place in the fetch window
+
+
 class Engine:
-    def __init__(self, settings: Settings, metrics: Metrics, worker: InferenceWorker):
+    def __init__(self, settings: Settings, metrics: Metrics, worker: InferenceWorker, fetcher: Fetcher):
         self.worker = worker
+        self.fetcher = fetcher
         self.metrics = metrics
         max_cand = settings.batch_max_candidates or (4096 if worker.device.type == "cuda" else 256)
         self.batcher = MicroBatcher(worker, metrics, max_candidates=max_cand,
@@ -48,6 +61,19 @@ class Engine:
 
     def start(self) -> None:
         self.batcher.start()
+
+    async def score(self, slot: ModelSlot, user_id: int, cand: np.ndarray, given: np.ndarray, now: int,
+                    explain: bool, deadline: float) -> Scored:
+        """One score request on `slot` (pinned by the caller), cand/given as Fetcher.fetch takes them."""
+        t_admit = time.perf_counter()
+        admission = await self.admit(len(cand), deadline)  # 1. admit: fetch only what the model will reach soon
+        admit_ms = (time.perf_counter() - t_admit) * 1e3
+        try:
+            fetched = await self.fetcher.fetch(slot, user_id, cand, given, now, explain, deadline)  # 2. fetch
+            result = await self.run(fetched.inputs, deadline, admission)  # 3. queue, 4. answer
+        finally:
+            admission.release()  # 5. release (also when the fetch or the deadline failed it)
+        return Scored(fetched, result, admit_ms)
 
     async def admit(self, n_cand: int, deadline: float) -> Admission:
         """Before the fetch: a place in the batcher's fetch window (release it in a finally)."""

@@ -5,10 +5,15 @@ only what was appended since the cached sequence (plus a full read when the hist
 under it); without it, the newest L; then concurrently (2) catalog rows of the candidates that need
 them and of the S newest behaviors not known yet, through the slot's catalog row cache, and (3) the
 projections of the behaviors not cached yet, through the local device cache (Redis only for misses).
-A warm user with hot candidates costs one round trip. Everything runs under one time budget; a Redis
-failure or timeout never fails the request, it degrades it:
-  behaviors or projections unreachable -> empty history, reason "redis_unavailable";
-  catalog unreachable -> candidates scored from the features the client sent (missing ones 0).
+A warm user with hot candidates costs one round trip. Whether the cached sequence is still current is
+the cache's own check (`UserSequenceCache.current`). Everything runs under one time budget, and a
+store failure never fails the request, it degrades it (empty history, candidates scored from the
+features the client sent, missing ones 0), mapped by kind (cache.errors):
+  budget spent -> "redis_unavailable", the breaker left to the probe (the time may be our own busy loop);
+  outage (unreachable) -> "redis_unavailable", and the breaker trips;
+  refusal (Redis answered with an error) -> "redis_refused", breaker untouched (Redis is up).
+Any other exception is a bug: it propagates (a logged 500, service.errors.BugBarrier), touching
+neither the breaker nor readiness.
 A sequence is cached only after a fetch that completed without a defaulted projection (which the
 next request retries, as without the cache), so a failure never leaves a partial entry behind.
 """
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from cache.errors import is_outage, is_refusal
 from cache.local_cache import GatherResult
 from cache.user_sequence_cache import UserSequence, extend, recent_window
 from service.engine.request import ScoreInputs
@@ -76,11 +82,8 @@ class Fetcher:
             try:
                 async with asyncio.timeout(budget):
                     seq, cat_raw, found, gathered = await self._read(slot, user_id, cand[need_cat, 0])
-            except Exception as e:  # noqa: BLE001 - any store failure degrades, never fails, the request
-                log.warning("redis fetch for user %d failed: %r", user_id, e)
-                if not isinstance(e, TimeoutError):  # a blown budget may be our own busy loop: the probe decides
-                    self.health.note_redis_failure()
-                reasons.append("redis_unavailable")
+            except Exception as e:
+                reasons.append(self._degrade(user_id, e))  # re-raises what is not the store's failure
                 cand = cand.copy()
             else:
                 if seq.total == 0:
@@ -97,6 +100,27 @@ class Fetcher:
                              cand=cand, now=now, hist_len=seq.total, explain=explain)
         return Fetched(inputs, seq.item_id, seq.ts, reasons, (time.perf_counter() - t0) * 1e3, hits, misses)
 
+    async def prefetch(self, slot: ModelSlot, user_id: int) -> None:
+        """Read the user's sequence into the slot's caches (user sequence, projections, catalog rows of
+        the recent behaviors), as a request would, within the Redis budget: a version about to be
+        switched in starts warm for the users being served. Store failures propagate."""
+        async with asyncio.timeout(self.timeout_s):
+            await self._read(slot, user_id, np.zeros(0, np.int64))
+
+    def _degrade(self, user_id: int, e: Exception) -> str:
+        """The degraded reason of a failed fetch, by kind; re-raises a bug."""
+        if isinstance(e, TimeoutError):  # our budget: Redis slow, or our own event loop busy. The probe decides.
+            log.warning("redis fetch for user %d ran out of its %.0f ms budget", user_id, self.timeout_s * 1e3)
+            return "redis_unavailable"
+        if is_outage(e):
+            log.warning("redis fetch for user %d failed, store unreachable: %r", user_id, e)
+            self.health.note_redis_failure(e)
+            return "redis_unavailable"
+        if is_refusal(e):
+            log.warning("redis refused the fetch for user %d: %r", user_id, e)
+            return "redis_refused"
+        raise e
+
     async def _read(self, slot: ModelSlot, user_id: int, cand_ids: np.ndarray
                     ) -> tuple[UserSequence, np.ndarray, np.ndarray, GatherResult]:
         """-> (the user's sequence, catalog rows int64 [n, F_h] and found bool [n] of cand_ids [n],
@@ -106,16 +130,8 @@ class Fetcher:
         if cache is None:
             new, newest = (await slot.behaviors.read_newest([user_id], L))[0], b""
         else:
-            base = cache.lookup(user_id)
-            since = await slot.behaviors.read_since(user_id, base.total if base is not None else -1, L)
-            if base is not None and (since.full or since.anchor != base.newest):
-                cache.count("resets" if since.full else "rewritten")
-                base = None
-                if not since.full:  # rewritten under the same or a larger count: read it all again
-                    since = await slot.behaviors.read_since(user_id, -1, L)
-            elif base is not None:
-                cache.count("deltas" if len(since.block) else "hits")
-            new, newest = since.block, since.newest
+            epoch = cache.epoch  # an invalidation while we read: the entry built below is not kept
+            base, new, newest = await cache.current(user_id, slot.behaviors, L)
         # rows of the S newest: the base's rows that stay in the window, the rest read with the candidates
         rows, rows_found, need = recent_window(base, new.item_id, slot.short_len, L, len(slot.inherent_names))
         n = cand_ids.size
@@ -126,7 +142,7 @@ class Fetcher:
         rows_found[need] = got
         seq = extend(base, new, gathered.vecs, rows, rows_found, newest, L, cache.clock() if cache else 0.0)
         if cache is not None and seq.total > 0 and not gathered.defaulted:
-            cache.put(user_id, seq)
+            cache.put(user_id, seq, epoch)
         return seq, cat_raw[:n], found[:n], gathered
 
     @staticmethod

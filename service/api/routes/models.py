@@ -4,7 +4,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from service.api.deps import AdminDep, CtxDep
-from service.api.schemas import ActiveResponse, ModelInfo, ModelsResponse
+from service.api.schemas import ActiveResponse, BrokenVersion, ModelInfo, ModelsResponse
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -14,10 +14,12 @@ _ADMIN = {401: {"description": "No Bearer token"}, 403: {"description": "Wrong t
 
 @router.get("", response_model=ModelsResponse)
 async def list_models(ctx: CtxDep) -> ModelsResponse:
-    manifests = await asyncio.to_thread(ctx.registry.list)
+    manifests, broken = await asyncio.to_thread(ctx.registry.scan)
     active = await asyncio.to_thread(ctx.registry.active)
     slot = ctx.engine.active
+    root = f"{ctx.registry.root}/"  # the server's paths stay out of the answer
     return ModelsResponse(
+        broken=[BrokenVersion(version=name, reason=reason.replace(root, "")) for name, reason in broken],
         active=active, serving=slot.version if slot else None,
         features=slot.inherent_names[1:] if slot else [], cross=slot.cross_names if slot else [],
         versions=[ModelInfo(version=m.version, created_at=m.created_at, metrics=m.metrics, parent=m.parent)

@@ -2,11 +2,12 @@ from fastapi import APIRouter
 
 from service import scoring
 from service.api.deps import CtxDep, DeadlineDep
+from service.api.responses import BODY_ERRORS
 from service.api.schemas import ScoreRequest, ScoreResponse
 
 router = APIRouter(prefix="/v1", tags=["score"])
 
-_ERRORS = {413: {"description": "Body over max_body_bytes"}, 429: {"description": "Queue full; see Retry-After"},
+_ERRORS = {**BODY_ERRORS, 429: {"description": "Queue full; see Retry-After"},
            503: {"description": "No model serving"}, 504: {"description": "Deadline passed"}}
 
 
