@@ -9,8 +9,8 @@
 3. Project the catalog for the active version (skipped when its marker exists and a sample of the
    stored projections equals this model's: version names restart per registry).
 4. With --world: seed that load-test world (service.seeding.WORLDS: N users of exactly L behaviors
-   each, drawn by training.synthetic's user model on the demo catalog, ids far above the demo
-   users'), replacing those users' logs on every run. Serve it with TWIN_MAX_SEQ_LEN=L.
+   each, drawn once by the demo data set's generator on its catalog in a child process, ids far
+   above the demo users'), replacing those users' logs on every run. Serve it with TWIN_MAX_SEQ_LEN=L.
 5. Print what was loaded and a ready-to-paste curl. The last "bootstrap done" line is parsed by
    scripts/run_stack.sh: "... model V, [world W1: ]N users (first user id F, ...), M items".
 `python -m service --bootstrap` runs this (demo world only), then serves, in one process.
@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
@@ -61,41 +60,6 @@ def train_demo_model(registry: ModelRegistry, data_dir: Path, users: int) -> str
     return version
 
 
-def data_config(data_dir: Path, items: pa.Table, inherent_names: list[str]):
-    """The SyntheticConfig recorded in data_dir/schema.json, checked against items.parquet (a world's
-    histories must be drawn from the very catalog that is loaded)."""
-    from training import synthetic
-
-    meta = json.loads((data_dir / "schema.json").read_text()).get("meta", {})
-    if meta.get("source") != "synthetic":
-        raise ValueError(f"{data_dir}: load-test worlds need the synthetic demo data, got source {meta.get('source')!r}")
-    raw = dict(meta["config"], target_mix=tuple(meta["config"]["target_mix"]))
-    cfg = synthetic.SyntheticConfig(**raw)
-    cat = synthetic.make_catalog(cfg, np.random.default_rng(np.random.SeedSequence([cfg.seed, 0])))
-    if "author_id" in inherent_names and not np.array_equal(items.column("author_id").to_numpy(), cat.author):
-        raise ValueError(f"{data_dir}/items.parquet does not match the catalog its schema.json config generates")
-    return cfg
-
-
-def _blocks(data_dir: Path, cross_names: list[str]):
-    """(user ids, BehaviorBlocks newest first) from behaviors.parquet (sorted by user, ts)."""
-    from cache.behavior_store import BehaviorBlock
-
-    t = pq.read_table(data_dir / "behaviors.parquet")
-    users = t.column("user_id").to_numpy()
-    item = t.column("item_id").to_numpy().astype(np.int64)
-    ts = t.column("ts").to_numpy().astype(np.int64)
-    cross = np.stack([t.column(n).to_numpy().astype(np.float32) for n in cross_names], axis=1)
-    cuts = np.flatnonzero(np.diff(users)) + 1
-    starts, ends = np.r_[0, cuts], np.r_[cuts, len(users)]
-    ids, blocks = [], []
-    for s, e in zip(starts, ends):
-        ids.append(int(users[s]))
-        blocks.append(BehaviorBlock(item_id=item[s:e][::-1].copy(), ts=ts[s:e][::-1].copy(),
-                                    cross=cross[s:e][::-1].copy(), total=int(e - s)))
-    return ids, blocks
-
-
 async def _projections_match(model, store, raw: np.ndarray) -> bool:
     """Do the stored projections of these catalog rows (int64 [n, F_h]) equal this model's?"""
     with torch.inference_mode():
@@ -110,7 +74,7 @@ async def load_stores(settings: Settings, registry: ModelRegistry, version: str,
     from cache.connection import open_redis
     from cache.layout import Keys
     from cache.projection_store import ProjectionStore, delete_version
-    from service.seeding import get_world, load_catalog, load_histories, project, seed_world
+    from service.seeding import get_world, load_catalog, load_histories, project, read_blocks, seed_world, write_world_file
 
     model, _ = registry.load(version)
     schema = model.cfg.schema
@@ -122,7 +86,7 @@ async def load_stores(settings: Settings, registry: ModelRegistry, version: str,
         have = await cat.all_ids()
         items = pq.read_table(data_dir / "items.parquet")
         raw = np.stack([items.column(n).to_numpy().astype(np.int64) for n in schema.inherent_names], axis=1)
-        user_ids, blocks = _blocks(data_dir, schema.stored_cross_names())
+        user_ids, blocks = read_blocks(data_dir / "behaviors.parquet", schema.stored_cross_names())
         if len(have) < len(raw):
             print(f"loading {len(raw):,} items and {len(user_ids):,} behavior logs into Redis ({h.url}) ...")
             await load_catalog(h.client, keys, raw[:, 0], raw)
@@ -148,9 +112,8 @@ async def load_stores(settings: Settings, registry: ModelRegistry, version: str,
             if w.first_user_id <= info["last_user"]:
                 raise ValueError(f"world {w.name} starts at user id {w.first_user_id:,}, inside the demo users "
                                  f"1..{info['last_user']:,}: generate fewer demo users")
-            cfg = data_config(data_dir, items, schema.inherent_names)
             t0 = time.perf_counter()
-            n = await seed_world(h.client, keys, cfg, w, schema.stored_cross_names(), cap=settings.behavior_cap,
+            n = await seed_world(h.client, keys, write_world_file(data_dir, w), w, schema.stored_cross_names(), cap=settings.behavior_cap,
                                  progress=True)
             print(f"seeded world {w.name}: users {w.first_user_id:,}..{w.last_user_id:,} x {w.seq_len:,} behaviors "
                   f"({n:,} in all) in {time.perf_counter() - t0:.1f}s; demo users "
@@ -162,8 +125,34 @@ async def load_stores(settings: Settings, registry: ModelRegistry, version: str,
         await h.aclose()
 
 
+async def check_redis(settings: Settings) -> None:
+    """Fail fast, before minutes of training: Redis answers with these credentials."""
+    from cache.connection import open_redis
+
+    emb_dir = str(settings.embedded_redis_dir) if settings.embedded_redis_dir else None
+    h = await open_redis(settings.redis_url, embedded_dir=emb_dir)
+    try:
+        await h.client.ping()
+    finally:
+        await h.aclose()
+
+
+def run_or_exit(settings: Settings, data_dir: Path = DEFAULT_DATA, users: int = 600, world: str | None = None) -> dict:
+    """run_bootstrap for the command lines: a store that cannot be reached or refuses us ends the
+    process with one line naming the cause (cache.errors.describe) and exit status 1, not a traceback."""
+    from redis.exceptions import RedisError
+
+    from cache.errors import describe
+
+    try:
+        return run_bootstrap(settings, data_dir, users, world)
+    except (RedisError, OSError) as e:
+        raise SystemExit(f"bootstrap failed: {describe(e)}") from None
+
+
 def run_bootstrap(settings: Settings, data_dir: Path = DEFAULT_DATA, users: int = 600, world: str | None = None) -> dict:
     t0 = time.perf_counter()
+    asyncio.run(check_redis(settings))
     torch.set_num_threads(settings.torch_threads or torch.get_num_threads())
     registry = ModelRegistry(settings.model_root)
     version = registry.active()
@@ -210,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="also seed this load-test world (default: the demo world only)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_bootstrap(Settings(), args.data, args.users, args.world)
+    run_or_exit(Settings(), args.data, args.users, args.world)
 
 
 if __name__ == "__main__":

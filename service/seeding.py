@@ -4,20 +4,22 @@ Used by the demo bootstrap, the service benchmark and the service tests, so all 
 same store calls the service reads back.
 
 Load-test worlds (DESIGN.md sec. 4 workloads): `WORLDS` gives each profile N users whose logs hold
-exactly L behaviors. Histories come from training.synthetic's own user model (interests, dormant
-tastes, explorations, play_ratio/liked, sorted timestamps over a ~1 year span) run with a preset
-override of the history length (median = min = cap = L, sigma 0), on the same catalog as the demo
-data (rebuilt from the data set's recorded config and seed), so they look like the demo users'
-histories, only longer. ~2 us per behavior to generate; written with BehaviorStore.write_history
-(one pipelined round trip per chunk of ~200k behaviors).
+exactly L behaviors. The histories are drawn by the demo data set's own generator on its catalog
+(training/worlds.py, run as `python -m training.cli world` in a child process: serving does not
+import the training package) into a behaviors file beside the data set, then written with
+BehaviorStore.write_history (one pipelined round trip per chunk of users).
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from cache.behavior_store import BehaviorBlock, BehaviorStore
@@ -72,7 +74,6 @@ WORLDS: dict[str, World] = {
     "W2": World("W2", seq_len=100_000, n_users=30, first_user_id=2_000_001),
     "W3": World("W3", seq_len=10_000, n_users=200, first_user_id=3_000_001),
 }
-CHUNK_BEHAVIORS = 200_000  # per generate+write step: bounds the generator's [n, K] temporaries (~0.2 GB)
 
 
 def get_world(name: str) -> World:
@@ -82,48 +83,58 @@ def get_world(name: str) -> World:
     return WORLDS[key]
 
 
-def world_histories(data_cfg, world: World, cross_names: Sequence[str],
-                    chunk_behaviors: int = CHUNK_BEHAVIORS) -> Iterator[tuple[list[int], list[BehaviorBlock]]]:
-    """(user ids, BehaviorBlocks newest first) of `world`, a chunk of users at a time.
-
-    data_cfg: the training.synthetic.SyntheticConfig that generated the demo catalog (same items).
-    Deterministic: the same config and world give the same histories."""
-    from training import synthetic
-
-    cfg = replace(data_cfg, hist_median=world.seq_len, hist_sigma=0.0, hist_min=world.seq_len,
-                  hist_cap=world.seq_len)
-    cat = synthetic.make_catalog(cfg, np.random.default_rng(np.random.SeedSequence([cfg.seed, 0])))
-    per_chunk = max(1, chunk_behaviors // world.seq_len)
-    for ci, lo in enumerate(range(0, world.n_users, per_chunk)):
-        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 2, world.first_user_id, ci]))
-        ids = np.arange(lo, min(lo + per_chunk, world.n_users), dtype=np.int64) + world.first_user_id
-        beh = synthetic.make_behaviors(cfg, cat, synthetic.make_users(cfg, cat, ids, rng), rng)
-        missing = [n for n in cross_names if n not in beh]
-        if missing:
-            raise ValueError(f"the model's stored cross features {missing} are not produced by the synthetic "
-                             f"user model (it has {sorted(beh)}); worlds need a model trained on synthetic data")
-        cross = np.stack([beh[n] for n in cross_names], axis=1).astype(np.float32)  # [n, J_s]
-        blocks = []
-        for j in range(len(ids)):  # rows are contiguous per user, oldest first
-            sl = slice(j * world.seq_len, (j + 1) * world.seq_len)
-            blocks.append(BehaviorBlock(item_id=beh["item_id"][sl][::-1].copy(), ts=beh["ts"][sl][::-1].copy(),
-                                        cross=cross[sl][::-1].copy(), total=world.seq_len))
-        yield ids.tolist(), blocks
+def read_blocks(path: str | Path, cross_names: Sequence[str]) -> tuple[list[int], list[BehaviorBlock]]:
+    """(user ids, BehaviorBlocks newest first) from a behaviors file (docs/contracts.md: user_id,
+    item_id, ts, cross columns; sorted by user, then ts)."""
+    t = pq.read_table(path)
+    missing = [n for n in cross_names if n not in t.column_names]
+    if missing:
+        raise ValueError(f"{path}: the model's stored cross features {missing} are not in the behaviors "
+                         f"(columns {t.column_names}); the data must come from the model's own generator")
+    users = t.column("user_id").to_numpy()
+    item = t.column("item_id").to_numpy().astype(np.int64)
+    ts = t.column("ts").to_numpy().astype(np.int64)
+    cross = np.stack([t.column(n).to_numpy().astype(np.float32) for n in cross_names], axis=1)  # [n, J_s]
+    cuts = np.flatnonzero(np.diff(users)) + 1
+    starts, ends = np.r_[0, cuts], np.r_[cuts, len(users)]
+    ids, blocks = [], []
+    for s, e in zip(starts, ends):
+        ids.append(int(users[s]))
+        blocks.append(BehaviorBlock(item_id=item[s:e][::-1].copy(), ts=ts[s:e][::-1].copy(),
+                                    cross=cross[s:e][::-1].copy(), total=int(e - s)))
+    return ids, blocks
 
 
-async def seed_world(client, keys: Keys, data_cfg, world: World, cross_names: Sequence[str],
-                     cap: int = 100_000, progress: bool = False) -> int:
-    """Replace the logs of the world's users with fresh L-behavior histories (so a re-run also undoes
-    the events a previous load test appended). Returns the number of behaviors written."""
+def write_world_file(data_dir: Path, world: World) -> Path:
+    """The world's behaviors file beside the data set (data_dir/world-{name}.parquet), drawn by the
+    training package's generator in a child process (`python -m training.cli world`) when it is
+    missing or older than the data set; deterministic, so it is drawn once per data set."""
+    out = data_dir / f"world-{world.name}.parquet"
+    if not out.exists() or out.stat().st_mtime < (data_dir / "schema.json").stat().st_mtime:
+        subprocess.run([sys.executable, "-m", "training.cli", "world", "--data", str(data_dir),
+                        "--seq-len", str(world.seq_len), "--users", str(world.n_users),
+                        "--first-user", str(world.first_user_id), "--out", str(out)], check=True)
+    return out
+
+
+async def seed_world(client, keys: Keys, world_file: str | Path, world: World, cross_names: Sequence[str],
+                     cap: int = 100_000, progress: bool = False, chunk: int = 64) -> int:
+    """Replace the logs of the world's users with the L-behavior histories of world_file (so a re-run
+    also undoes the events a previous load test appended). Returns the number of behaviors written."""
     if world.seq_len > cap:
         raise ValueError(f"world {world.name}: L={world.seq_len} exceeds the behavior-log cap {cap}")
+    ids, blocks = read_blocks(world_file, cross_names)
+    want = list(range(world.first_user_id, world.last_user_id + 1))
+    if ids != want or any(b.total != world.seq_len for b in blocks):
+        raise ValueError(f"{world_file} does not hold world {world.name} (users {world.first_user_id:,}.."
+                         f"{world.last_user_id:,} x {world.seq_len:,} behaviors): draw it again")
     store = BehaviorStore(client, keys, len(cross_names), cap=cap)
     written = 0
     with tqdm(total=world.n_users, desc=f"world {world.name} (L={world.seq_len:,})", unit="user",
               disable=not progress) as bar:
-        for ids, blocks in world_histories(data_cfg, world, cross_names):
-            await store.write_history(ids, blocks)
-            written += sum(len(b) for b in blocks)
-            bar.update(len(ids))
+        for lo in range(0, len(ids), chunk):
+            await store.write_history(ids[lo:lo + chunk], blocks[lo:lo + chunk])
+            written += sum(len(b) for b in blocks[lo:lo + chunk])
+            bar.update(len(ids[lo:lo + chunk]))
     log.info("seeded world %s: %d users x %d behaviors", world.name, world.n_users, world.seq_len)
     return written

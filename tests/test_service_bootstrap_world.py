@@ -1,6 +1,7 @@
-"""Load-test worlds (service.seeding.WORLDS): users get exactly L behaviors from the synthetic user
-model, newest first, in an id range clear of the demo users; and the service reads L above the
-model's training length when TWIN_MAX_SEQ_LEN asks for it."""
+"""Load-test worlds (service.seeding.WORLDS): users get exactly L behaviors from the demo data set's
+generator (drawn into a behaviors file by `python -m training.cli world`), newest first, in an id
+range clear of the demo users; and the service reads L above the model's training length when
+TWIN_MAX_SEQ_LEN asks for it."""
 from __future__ import annotations
 
 import asyncio
@@ -11,22 +12,29 @@ import pytest
 
 from cache.behavior_store import BehaviorStore, Event
 from loadtest.profiles import PROFILES
-from service.bootstrap import data_config
-from service.seeding import WORLDS, World, get_world, load_histories, seed_world, world_histories
+from service.seeding import WORLDS, World, get_world, load_histories, seed_world, write_world_file
 from tests.service_world import HISTORY, NOW_MS, history, running, world  # noqa: F401
 from training import synthetic
 
 CROSS = ("play_ratio", "liked")
-TINY = synthetic.preset("tiny")  # 2,000 items, demo users would be 1..300
+TINY = synthetic.preset("tiny", n_users=20, users_per_chunk=20)  # 2,000 items, demo users 1..20
 SMALL = World("T", seq_len=500, n_users=7, first_user_id=5_000_001)
 
 
-async def test_world_users_get_exactly_L_behaviors_newest_first(redis_handle, keys):
+@pytest.fixture(scope="module")
+def world_file(tmp_path_factory):
+    """SMALL drawn by the training CLI in a child process, as the bootstrap does."""
+    data = tmp_path_factory.mktemp("tiny")
+    synthetic.generate(TINY, data, progress=False)
+    return write_world_file(data, SMALL)
+
+
+async def test_world_users_get_exactly_L_behaviors_newest_first(redis_handle, keys, world_file):
     client = redis_handle.client
     demo_ids = [1, 2, 3]
     demo = [history(u, 40 + u) for u in demo_ids]
     await load_histories(client, keys, 2, demo_ids, demo)
-    n = await seed_world(client, keys, TINY, SMALL, CROSS, cap=1_000)
+    n = await seed_world(client, keys, world_file, SMALL, CROSS, cap=1_000)
     assert n == SMALL.n_users * SMALL.seq_len
     store = BehaviorStore(client, keys, 2, cap=1_000)
     ids = list(range(SMALL.first_user_id, SMALL.last_user_id + 1))
@@ -53,32 +61,40 @@ async def test_world_users_get_exactly_L_behaviors_newest_first(redis_handle, ke
     assert [b.total for b in outside] == [0, 0]
 
 
-async def test_reseeding_restores_exactly_L_deterministically(redis_handle, keys):
+async def test_reseeding_restores_exactly_L_deterministically(redis_handle, keys, world_file):
     client = redis_handle.client
     store = BehaviorStore(client, keys, 2, cap=1_000)
     uid = SMALL.first_user_id
-    await seed_world(client, keys, TINY, SMALL, CROSS, cap=1_000)
+    await seed_world(client, keys, world_file, SMALL, CROSS, cap=1_000)
     before = (await store.read_newest([uid], 10_000))[0]
     await store.append([Event("lt-1", uid, 7, NOW_MS, np.array([0.5, 1.0], np.float32))])  # a load test's event
     assert (await store.read_newest([uid], 10_000))[0].total == SMALL.seq_len + 1
-    await seed_world(client, keys, TINY, SMALL, CROSS, cap=1_000)
+    await seed_world(client, keys, world_file, SMALL, CROSS, cap=1_000)
     after = (await store.read_newest([uid], 10_000))[0]
     assert after.total == len(after) == SMALL.seq_len
     np.testing.assert_array_equal(after.item_id, before.item_id)
     np.testing.assert_array_equal(after.cross, before.cross)
 
 
-def test_chunks_cover_every_user_once_and_bad_inputs_are_loud():
-    chunks = list(world_histories(TINY, SMALL, CROSS, chunk_behaviors=1_200))  # 2 users per chunk
-    ids = [u for c, _ in chunks for u in c]
-    assert ids == list(range(SMALL.first_user_id, SMALL.last_user_id + 1)) and len(chunks) == 4
+def test_a_file_of_another_world_or_without_the_models_cross_features_is_refused(world_file):
     with pytest.raises(ValueError, match="cap"):
-        asyncio.run(seed_world(None, None, TINY, SMALL, CROSS, cap=499))
+        asyncio.run(seed_world(None, None, world_file, SMALL, CROSS, cap=499))
     with pytest.raises(ValueError, match="watch_time"):
-        next(world_histories(TINY, SMALL, ("play_ratio", "watch_time")))
+        asyncio.run(seed_world(None, None, world_file, SMALL, ("play_ratio", "watch_time")))
+    for other in (World("T", 400, 7, SMALL.first_user_id), World("T", 500, 8, SMALL.first_user_id),
+                  World("T", 500, 7, SMALL.first_user_id + 1)):
+        with pytest.raises(ValueError, match="does not hold world"):
+            asyncio.run(seed_world(None, None, world_file, other, CROSS, cap=1_000))
     with pytest.raises(ValueError, match="W9"):
         get_world("W9")
     assert get_world(" w2 ") is WORLDS["W2"]
+
+
+def test_the_world_file_is_drawn_once_per_data_set(world_file):
+    before = world_file.stat().st_mtime_ns
+    assert write_world_file(world_file.parent, SMALL) == world_file
+    assert world_file.stat().st_mtime_ns == before  # not drawn again
+    assert pq.read_metadata(world_file).num_rows == SMALL.n_users * SMALL.seq_len
 
 
 def test_worlds_match_the_profiles_and_never_overlap_demo_users():
@@ -89,17 +105,6 @@ def test_worlds_match_the_profiles_and_never_overlap_demo_users():
         assert w.first_user_id > max(p.n_users for p in synthetic.PRESETS.values())
     ranges = sorted((w.first_user_id, w.last_user_id) for w in WORLDS.values())
     assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))
-
-
-def test_data_config_reproduces_the_catalog_that_was_loaded(tmp_path):
-    cfg = synthetic.preset("tiny", n_users=20, users_per_chunk=20)
-    synthetic.generate(cfg, tmp_path, progress=False)
-    items = pq.read_table(tmp_path / "items.parquet")
-    names = ["item_id", "author_id", "category", "duration_s"]
-    assert data_config(tmp_path, items, names) == cfg
-    shuffled = items.set_column(1, "author_id", items.column("author_id").take(np.arange(cfg.n_items)[::-1]))
-    with pytest.raises(ValueError, match="does not match"):
-        data_config(tmp_path, shuffled, names)
 
 
 async def test_service_reads_L_above_the_model_training_length(world):  # noqa: F811

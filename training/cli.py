@@ -3,6 +3,7 @@
     python -m training.cli generate --preset ci --out data/ci
     python -m training.cli generate --family topics --preset lifelong --out data/topics_lifelong
     python -m training.cli train --data data/ci --out-registry artifacts/registry --report reports/train_ci.md
+    python -m training.cli world --data data/ci --seq-len 10000 --users 200 --first-user 1000001 --out data/ci/world-W1.parquet
     python -m training.cli train-movielens --data data/movielens --out-registry artifacts/registry \\
         --report reports/train_movielens.md
 
@@ -126,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--users", type=int, help="override the preset's user count")
 
+    w = sub.add_parser("world", help="write a load-test world: users of exactly --seq-len behaviors, drawn by a "
+                                     "synthetic data set's generator on its catalog (behaviors file format)")
+    w.add_argument("--data", required=True, help="the synthetic data set (its schema.json names family, config, seed)")
+    w.add_argument("--seq-len", type=int, required=True)
+    w.add_argument("--users", type=int, required=True)
+    w.add_argument("--first-user", type=int, required=True)
+    w.add_argument("--out", required=True)
+
     t = sub.add_parser("train", help="train TWIN and baselines on a data directory")
     t.add_argument("--data", required=True)
     _add_train_args(t)
@@ -147,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         meta = gen.generate(gen.preset(a.preset, **over), a.out)
         print(f"wrote {a.out}: {meta['n_behaviors']} behaviors, {meta['n_samples']} samples, "
               f"{meta['positive_rate']:.3f} positive")
+        return 0
+    if a.cmd == "world":
+        from training.worlds import write_world
+
+        n = write_world(a.data, a.out, a.seq_len, a.users, a.first_user)
+        print(f"wrote {a.out}: {a.users:,} users x {a.seq_len:,} behaviors ({n:,})")
         return 0
     if a.cmd == "train":
         return _train(a.data, a, title=f"train on {a.data}")
