@@ -40,7 +40,9 @@ def synthetic_schema(n_items: int, n_authors: int, n_categories: int, id_dim: in
         inherent=(
             FeatureSpec("item_id", vocab=n_items, dim=id_dim),
             FeatureSpec("author_id", vocab=n_authors, dim=id_dim),
-            FeatureSpec("category", vocab=n_categories, dim=8),
+            # 32, not 8: alpha is a bilinear form of these embeddings, and 8 dimensions cannot hold 50-100
+            # categories apart (ci preset, max_len 1,500: validation AUC 0.821 at epoch 1 vs 0.802 with 8).
+            FeatureSpec("category", vocab=n_categories, dim=32),
             FeatureSpec("duration_s", vocab=len(DURATION_S_BOUNDARIES) + 1, dim=8, boundaries=DURATION_S_BOUNDARIES),
             _count("views"),
         ),
