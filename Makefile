@@ -9,6 +9,8 @@ DATA ?= var/data
 # `make train PRESET=ci` for a quick run; the lifelong preset is the product's regime (issue "A TWIN that learns")
 PRESET ?= lifelong
 VARIANTS ?= twin,recent
+# a lifelong user's request holds 256 targets: train on it whole, 4 requests (1,024 targets) a batch
+TRAIN_ARGS ?= $(if $(filter lifelong,$(PRESET)),--max-targets 256 --batch-size 1024)
 ABLATIONS ?= twin,no_full_lse,no_user_stats,no_item_stats,nocross,paper
 REGISTRY ?= var/models
 export TWIN_MODEL_ROOT ?= $(REGISTRY)
@@ -50,24 +52,22 @@ lock: $(STAMP)
 test: $(STAMP)
 	$(PYTHON) -m pytest
 
-# Both generator families at $(PRESET): generate (skipped when present), train $(VARIANTS) beside the plain
+# Both generator families at $(PRESET): generate (skipped when the data there is of this very config), train $(VARIANTS) beside the plain
 # references (oracle ceiling, counting, regressions), report with validation curves; the categories
 # family's TWIN is published to $(REGISTRY).
 train: $(STAMP)
 	for fam in categories topics; do \
-	  test -f $(DATA)/$$fam-$(PRESET)/samples.parquet || \
-	    $(PYTHON) -m training.cli generate --family $$fam --preset $(PRESET) --out $(DATA)/$$fam-$(PRESET) || exit 1; \
+	  $(PYTHON) -m training.cli generate --if-changed --family $$fam --preset $(PRESET) --out $(DATA)/$$fam-$(PRESET) || exit 1; \
 	done
-	$(PYTHON) -m training.cli train --data $(DATA)/categories-$(PRESET) --variants $(VARIANTS) \
+	$(PYTHON) -m training.cli train --data $(DATA)/categories-$(PRESET) --variants $(VARIANTS) $(TRAIN_ARGS) \
 	  --out-registry $(REGISTRY) --report reports/train_categories_$(PRESET).md
-	$(PYTHON) -m training.cli train --data $(DATA)/topics-$(PRESET) --variants $(VARIANTS) \
+	$(PYTHON) -m training.cli train --data $(DATA)/topics-$(PRESET) --variants $(VARIANTS) $(TRAIN_ARGS) \
 	  --report reports/train_topics_$(PRESET).md
 
 # Each addition beyond the paper dropped in turn, and the paper's TWIN without all of them.
 train-ablations: $(STAMP)
-	test -f $(DATA)/categories-$(PRESET)/samples.parquet || \
-	  $(PYTHON) -m training.cli generate --preset $(PRESET) --out $(DATA)/categories-$(PRESET)
-	$(PYTHON) -m training.cli train --data $(DATA)/categories-$(PRESET) --variants $(ABLATIONS) \
+	$(PYTHON) -m training.cli generate --if-changed --preset $(PRESET) --out $(DATA)/categories-$(PRESET)
+	$(PYTHON) -m training.cli train --data $(DATA)/categories-$(PRESET) --variants $(ABLATIONS) $(TRAIN_ARGS) \
 	  --report reports/ablations_categories_$(PRESET).md
 
 train-movielens: $(STAMP)

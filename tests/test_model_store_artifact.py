@@ -87,7 +87,8 @@ def test_edited_sha_is_refused(art: tuple[Path, nn.Module]) -> None:
 def test_config_changed_so_shapes_differ_is_refused(art: tuple[Path, nn.Module]) -> None:
     directory, model = art
     _edit_manifest(directory, config=small_config(d_k=4).to_dict())  # sha still matches the weights
-    with pytest.raises(ArtifactError, match=r"shape mismatch for tensor 'w_item.weight': artifact \[64, 56\], model \[48, 56\]"):
+    h = model.cfg.schema.inherent_dim  # w_item: [A (d_k + d_v), H], d_k 8 -> 4
+    with pytest.raises(ArtifactError, match=rf"shape mismatch for tensor 'w_item.weight': artifact \[64, {h}\], model \[48, {h}\]"):
         load_artifact(directory)
 
 

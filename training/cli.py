@@ -13,6 +13,7 @@ test metrics and publishes the TWIN model to the model store.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -112,6 +113,16 @@ def _train(data_dir: str, a: argparse.Namespace, title: str) -> int:
     return 0
 
 
+def _holds(out: Path, family: str, cfg) -> bool:
+    """Does `out` hold a complete data set of this family and generator config?"""
+    try:
+        meta = json.loads((out / "schema.json").read_text())["meta"]
+    except (OSError, ValueError, KeyError):
+        return False
+    want = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists, as schema.json stores them
+    return meta.get("family") == family and meta.get("config") == want and (out / "samples.parquet").exists()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.cli", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--out", required=True)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--users", type=int, help="override the preset's user count")
+    g.add_argument("--if-changed", action="store_true",
+                   help="do nothing when --out already holds the data of exactly this family and config")
 
     w = sub.add_parser("world", help="write a load-test world: users of exactly --seq-len behaviors, drawn by a "
                                      "synthetic data set's generator on its catalog (behaviors file format)")
@@ -153,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         gen = FAMILIES[a.family]
         if a.preset not in gen.PRESETS:
             g.error(f"family {a.family} has no preset {a.preset!r}; choose one of {sorted(gen.PRESETS)}")
-        meta = gen.generate(gen.preset(a.preset, **over), a.out)
+        cfg = gen.preset(a.preset, **over)
+        if a.if_changed and _holds(Path(a.out), a.family, cfg):
+            print(f"{a.out} already holds {a.family} {a.preset}: not generated again")
+            return 0
+        meta = gen.generate(cfg, a.out)
         print(f"wrote {a.out}: {meta['n_behaviors']} behaviors, {meta['n_samples']} samples, "
               f"{meta['positive_rate']:.3f} positive")
         return 0

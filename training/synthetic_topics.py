@@ -119,10 +119,11 @@ PRESETS: dict[str, TopicsConfig] = {
     # as synthetic.py's ci: fast.
     "ci": TopicsConfig(n_items=20_000, n_authors=1_000, n_categories=50, n_users=2_500,
                        hist_median=400, hist_sigma=0.7, hist_min=20, hist_cap=1_500),
-    # histories at TWIN's scale: median 3,000, ~6% above 10,000, capped at 20,000; two years.
+    # histories at TWIN's scale: median 3,000, ~6% above 10,000, capped at 20,000; two years; 256
+    # scored targets per user, as synthetic.py's lifelong.
     "lifelong": TopicsConfig(n_items=50_000, n_authors=2_500, n_categories=100, n_users=2_000,
                              hist_median=3_000, hist_sigma=0.8, hist_min=100, hist_cap=20_000,
-                             span_days=730.0, samples_per_user=64, users_per_chunk=200),
+                             span_days=730.0, samples_per_user=256, users_per_chunk=200),
 }
 
 
