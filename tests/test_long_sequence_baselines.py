@@ -190,3 +190,10 @@ def test_the_model_store_refuses_to_publish_a_baseline(tmp_path):
 
     with pytest.raises(ValueError, match="training-only long-sequence baseline 'sim_hard'"):
         ModelRegistry(tmp_path).publish(baseline("sim_hard"), metrics={}, data_fingerprint="0" * 64)
+
+
+def test_the_cli_refuses_to_publish_a_baseline_before_training(tmp_path):
+    from training import cli
+
+    with pytest.raises(SystemExit, match="'sim_soft' is a training-only long-sequence baseline"):
+        cli.main(["train", "--data", str(tmp_path), "--variants", "sim_soft,twin", "--out-registry", str(tmp_path)])

@@ -34,7 +34,7 @@ def test_the_report_has_every_model_the_references_the_curve_and_the_failures(tm
     runs.append(Run("d", "eta", 0, {}, 1.0, 0, error="RuntimeError: boom"))
     ref = SimpleNamespace(name="oracle (noiseless logit, ceiling)", test={"auc": 0.9, "gauc": 0.85})
     write_report(tmp_path, [SimpleNamespace(name="d", refs=[ref])], runs, SimpleNamespace(seeds=(0, 1), users=10,
-                 preset="tiny", settings="s"), 60.0)
+                 preset="tiny", settings=SimpleNamespace(arch={})), 60.0)
     text = (tmp_path / "table.md").read_text()
     assert "| TWIN | 0.7962 / 0.7336 | 0.8050 ± 0.0071 |" in text
     assert "| SIM Hard | 0.7901 / 0.7224 | 0.7450 ± 0.0071 |" in text and "worse (-0.0600)" in text

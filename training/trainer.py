@@ -10,6 +10,8 @@
   * "nocross":       TWIN without the cross-feature bias b_a in alpha (paper sec. 4.4 ablation);
   * "no_full_lse", "no_user_stats", "no_item_stats": TWIN without one of the additions;
   * "paper":         TWIN as the paper describes it: none of the three additions.
+  * the paper's long-sequence baselines and the inconsistent-GSU ablation ("din", "avg_pooling", "sim_hard",
+    "sim_soft", "eta", "sdim", "twin_inconsistent"): training/long_sequence_baselines.py.
 Each is trained with Adam and log-loss: a linear warm-up, then the learning rate is halved whenever
 a validation does not improve on the best AUC, and training stops after `patience` validations
 without improvement (the best state is kept), or at `epochs`. The validation curve is kept in
