@@ -79,10 +79,12 @@ train-movielens: $(STAMP)
 # SIM Hard, SIM Soft, ETA, SDIM: training/long_sequence_baselines.py) on the lifelong preset of both
 # generator families and MovieLens ml-latest-small, 3 seeds each -> reports/reproduce/table.md (mean ± std,
 # ties, the references, the paper's Table 4 beside) and consistency.png (Fig. 4).
-# Sizing for ~90 min on this 2-core box: the generated sets at 400 users (the preset's 2,000 make a TWIN
-# epoch ~1 min, 400 batches; 400 make ~80 batches), epochs capped at 4 (patience 2, one validation an
-# epoch), max_len 10,000: 10 models x 3 data sets x 3 seeds = 90 trainings of ~1 min (an estimate from the
-# epoch time, not a measured run). REPRODUCE_ARGS="--users 200 --seeds 0" for a quicker look.
+# Sizing for ~90 min on this 2-core box when idle (an estimate from epoch times, not a measured full run;
+# docs/benchmarks.md): the generated sets at 400 users (the preset's 2,000 make a TWIN epoch ~1 min, 400
+# batches; 400 make 80), MovieLens whole (47 batches an epoch), epochs capped at 3 (patience 2, one
+# validation an epoch: the table says which runs stopped early), max_len 10,000: 10 models x 3 data sets
+# x 3 seeds = 90 trainings of ~45-70 s. On a box busy with other trainings it takes hours.
+# REPRODUCE_ARGS="--users 200 --seeds 0" or "--models twin,sim_hard" for a quicker look.
 REPRODUCE_ARGS ?=
 reproduce: $(STAMP)
 	$(PYTHON) -m training.reproduce --data-root $(DATA)/reproduce $(REPRODUCE_ARGS)

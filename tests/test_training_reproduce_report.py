@@ -38,6 +38,7 @@ def test_the_report_has_every_model_the_references_the_curve_and_the_failures(tm
     text = (tmp_path / "table.md").read_text()
     assert "| TWIN | 0.7962 / 0.7336 | 0.8050 ± 0.0071 |" in text
     assert "| SIM Hard | 0.7901 / 0.7224 | 0.7450 ± 0.0071 |" in text and "worse (-0.0600)" in text
+    assert "| 10 | 0/2 |" in text  # mean training seconds, early-stopped runs of all
     assert "*reference: oracle (noiseless logit, ceiling)* | - | 0.9000" in text
     assert "| d | TWIN | 9.0 | 90.0 | 90.0 | 90.0 | 94 |" in text
     assert "* eta on d, seed 0: RuntimeError: boom" in text

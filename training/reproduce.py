@@ -57,7 +57,7 @@ class Plan:
 
 
 FULL = Plan(users=400, preset="lifelong", seeds=(0, 1, 2),
-            settings=TrainSettings(epochs=4, patience=2, evals_per_epoch=1, max_len=10_000, progress=True,
+            settings=TrainSettings(epochs=3, patience=2, evals_per_epoch=1, max_len=10_000, progress=True,
                                    consistency_requests=32))
 # Tiny data and a small architecture: every model's code path (retrieval, ESU, hashing, pooling) in CI.
 SMOKE = Plan(users=100, preset="tiny", seeds=(0, 1), movielens=False, curve_requests=8,

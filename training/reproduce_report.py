@@ -94,18 +94,20 @@ def dataset_section(name: str, runs: list[Run], refs) -> str:
     secs = _stats(runs, name, "_seconds")
     lines = [f"### {name}", "",
              "| model | paper AUC / GAUC | AUC (mean ± std) | GAUC (mean ± std) | AUC vs TWIN | consistency @k "
-             "sum / per-head / max | train s | failed |", "|---|---|---|---|---|---|---|---|"]
+             "sum / per-head / max | train s | early-stopped | failed |", "|---|---|---|---|---|---|---|---|---|"]
     twin = auc.get("twin")
     for m in sorted(auc, key=lambda m: -auc[m].mean if auc[m].n else math.inf):
         paper = PAPER_TABLE4.get(m)
         vs = "-" if twin is None or m == "twin" or not auc[m].n else \
             {"=": "tie", ">": "better", "<": "worse"}[compare(auc[m], twin)] + f" ({auc[m].mean - twin.mean:+.4f})"
         c = " / ".join("-" if math.isnan(cons[r][m].mean) else f"{cons[r][m].mean:.1f}" for r in READINGS)
-        failed = sum(1 for r in runs if r.dataset == name and r.model == m and r.error)
+        mine = [r for r in runs if r.dataset == name and r.model == m]
+        failed = sum(1 for r in mine if r.error)
+        stopped = f"{sum(1 for r in mine if r.test.get('early_stopped'))}/{len(mine)}"
         lines.append(f"| {LABELS.get(m, m)} | {f'{paper[0]:.4f} / {paper[1]:.4f}' if paper else '-'} | {auc[m]} | "
-                     f"{gauc[m]} | {vs} | {c} | {secs[m].mean:.0f} | {failed or ''} |")
+                     f"{gauc[m]} | {vs} | {c} | {secs[m].mean:.0f} | {stopped} | {failed or ''} |")
     for ref in refs:
-        lines.append(f"| *reference: {ref.name}* | - | {ref.test['auc']:.4f} | {ref.test['gauc']:.4f} | - | - | - | |")
+        lines.append(f"| *reference: {ref.name}* | - | {ref.test['auc']:.4f} | {ref.test['gauc']:.4f} | - | - | - | - | |")
     counts, rev = paper_agreement(auc)
     lines += ["", f"* by AUC: {ordering(auc)}", f"* by GAUC: {ordering(gauc)}",
               f"* pairs of Table 4's models (AUC): {counts['agree']} ordered as in the paper, {counts['tie']} ties, "
