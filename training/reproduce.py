@@ -51,6 +51,7 @@ class Plan:
     seeds: tuple[int, ...]
     settings: TrainSettings
     movielens: bool = True
+    families: tuple[str, ...] = tuple(GENERATORS)
     curve_requests: int = 32
     min_auc: float = 0.5  # above chance, or the model failed to train
     models: tuple[str, ...] = MODELS
@@ -77,7 +78,8 @@ class DataSet:
 def prepare(plan: Plan, root: Path) -> list[DataSet]:
     """Generate (once; reused when present) and load the data sets of the plan."""
     out = []
-    for family, gen in GENERATORS.items():
+    for family in plan.families:
+        gen = GENERATORS[family]
         d = root / f"{family}-{plan.preset}-u{plan.users}"
         if not (d / "samples.parquet").is_file():
             gen.generate(gen.preset(plan.preset, n_users=plan.users), d, progress=plan.settings.progress)
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=int, help="override the plan's users per generated data set")
     ap.add_argument("--seeds", help="override the plan's seeds, e.g. 0,1,2")
     ap.add_argument("--models", help=f"override the plan's models (from {','.join(MODELS)})")
+    ap.add_argument("--sets", help="override the plan's data sets, from categories,topics,movielens")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
@@ -151,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         over["seeds"] = tuple(int(s) for s in a.seeds.split(","))
     if a.models:
         over["models"] = tuple(m.strip() for m in a.models.split(",") if m.strip())
+    if a.sets:
+        sets = [x.strip() for x in a.sets.split(",") if x.strip()]
+        bad = set(sets) - {*GENERATORS, "movielens"}
+        if bad:
+            ap.error(f"--sets: unknown {sorted(bad)}")
+        over |= {"families": tuple(x for x in sets if x in GENERATORS), "movielens": "movielens" in sets}
     plan = dataclasses.replace(plan, **over)
     out = Path(a.out or ("reports/reproduce-smoke" if a.smoke else "reports/reproduce"))
     return run(plan, Path(a.data_root), out, a.threads)
