@@ -140,7 +140,7 @@ def plot_curves(runs: list[Run], path: Path, k: int) -> None:
     import matplotlib.pyplot as plt
 
     sets = list(dict.fromkeys(r.dataset for r in runs if r.curve))
-    fig, axes = plt.subplots(1, max(1, len(sets)), figsize=(5 * max(1, len(sets)), 4), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(sets)), figsize=(max(7, 5 * len(sets)), 4.3), squeeze=False)
     for ax, name in zip(axes[0], sets):
         for i, r in enumerate(r for r in runs if r.curve and r.dataset == name):
             color = f"C{i}"
