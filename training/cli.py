@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
+from model_store.manifest import TRAINING_ONLY_KEY
 from training import baselines, movielens, report, synthetic, synthetic_topics
 from training.dataset import load_dataset
-from model_store.manifest import TRAINING_ONLY_KEY
 from training.trainer import VARIANTS, TrainSettings, run_comparison, settings_dict
 
 log = logging.getLogger(__name__)
