@@ -90,7 +90,8 @@ reproduce: $(STAMP)
 	$(PYTHON) -m training.reproduce --data-root $(DATA)/reproduce $(REPRODUCE_ARGS)
 
 # CI-sized (in .ci/run): the tiny preset of both families at 100 users, 2 seeds, 1 epoch, every model;
-# exits 1 if any model fails to train (raises, or test AUC not above 0.5). Wall time: docs/benchmarks.md.
+# exits 1 if any model fails to train (raises, or test AUC not above 0.5). 40 trainings, 138 s measured
+# with another training holding both cores (docs/benchmarks.md, 2026-12-01).
 reproduce-smoke: $(STAMP)
 	$(PYTHON) -m training.reproduce --smoke --data-root $(DATA)/reproduce-smoke
 
