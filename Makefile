@@ -15,7 +15,7 @@ ABLATIONS ?= twin,no_full_lse,no_user_stats,no_item_stats,nocross,paper
 REGISTRY ?= var/models
 export TWIN_MODEL_ROOT ?= $(REGISTRY)
 
-.PHONY: install lock compose-smoke test train train-ablations train-movielens serve run bench-stores bench-service bench loadtest loadtest-smoke stack stack-smoke faults soak faults-smoke clean
+.PHONY: install lock compose-smoke test train train-ablations train-movielens reproduce reproduce-smoke serve run bench-stores bench-service bench loadtest loadtest-smoke stack stack-smoke faults soak faults-smoke clean
 
 install: $(STAMP)
 
@@ -73,6 +73,27 @@ train-ablations: $(STAMP)
 train-movielens: $(STAMP)
 	$(PYTHON) -m training.cli train-movielens --data $(DATA)/movielens --out-registry var/models-movielens \
 	  --variants twin,recent,nocross --report reports/train_movielens.md
+
+# The paper's offline study (issue 12, training/reproduce.py): TWIN, its ablations (no cross bias, an
+# inconsistent GSU, no full-sequence LSE) and the long-sequence baselines (Avg-Pooling, DIN = newest 100,
+# SIM Hard, SIM Soft, ETA, SDIM: training/long_sequence_baselines.py) on the lifelong preset of both
+# generator families and MovieLens ml-latest-small, 3 seeds each -> reports/reproduce/table.md (mean ± std,
+# ties, the references, the paper's Table 4 beside) and consistency.png (Fig. 4).
+# Sizing for ~90 min on this 2-core box when idle (an estimate from epoch times, not a measured full run;
+# docs/benchmarks.md): the generated sets at 400 users x 64 targets (the preset's 2,000 make a TWIN epoch ~1 min, 400
+# batches; 400 make 80), MovieLens whole (47 batches an epoch), epochs capped at 3 (patience 2, one
+# validation an epoch: the table says which runs stopped early), max_len 10,000: 10 models x 3 data sets
+# x 3 seeds = 90 trainings of ~45-70 s. On a box busy with other trainings it takes hours.
+# REPRODUCE_ARGS="--users 200 --seeds 0" or "--models twin,sim_hard" for a quicker look.
+REPRODUCE_ARGS ?=
+reproduce: $(STAMP)
+	$(PYTHON) -m training.reproduce --data-root $(DATA)/reproduce $(REPRODUCE_ARGS)
+
+# CI-sized (in .ci/run): the tiny preset of both families at 100 users, 2 seeds, 1 epoch, every model;
+# exits 1 if any model fails to train (raises, or test AUC not above 0.5). 40 trainings, 138 s measured
+# with another training holding both cores (docs/benchmarks.md, 2026-12-01).
+reproduce-smoke: $(STAMP)
+	$(PYTHON) -m training.reproduce --smoke --data-root $(DATA)/reproduce-smoke
 
 serve: $(STAMP)
 	$(PYTHON) -m service

@@ -17,6 +17,9 @@ from model_store.errors import ArtifactError
 from twin.config import TwinConfig
 
 FORMAT_VERSION = 1
+# A config whose `extra` holds this key is one of training's long-sequence baselines (SIM, ETA, SDIM...,
+# training/long_sequence_baselines.py): a model serving cannot run. Publishing and loading refuse it.
+TRAINING_ONLY_KEY = "long_sequence_baseline"
 # "YYYYMMDD-NNNN": UTC date + per-day sequence (4 digits, more past 9999); see version_sort_key.
 VERSION_RE = re.compile(r"^(\d{8})-(\d{4,})$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -112,6 +115,11 @@ class Manifest(BaseModel):
             TwinConfig.from_dict(v)
         except Exception as e:  # noqa: BLE001 - see above
             raise ValueError(f"config does not rebuild a TwinConfig: {type(e).__name__}: {e}") from e
+        extra = v.get("extra")
+        baseline = extra.get(TRAINING_ONLY_KEY) if isinstance(extra, dict) else None
+        if baseline:
+            raise ValueError(f"config is the training-only long-sequence baseline {baseline!r} "
+                             "(training/long_sequence_baselines.py): serving runs TWIN models only")
         _check_json_safe(v, "config")
         return v
 

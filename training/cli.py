@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from model_store.manifest import TRAINING_ONLY_KEY
 from training import baselines, movielens, report, synthetic, synthetic_topics
 from training.dataset import load_dataset
 from training.trainer import VARIANTS, TrainSettings, run_comparison, settings_dict
@@ -83,6 +84,9 @@ def _train(data_dir: str, a: argparse.Namespace, title: str) -> int:
     bad = [v for v in variants if v not in VARIANTS]
     if not variants or bad:
         raise SystemExit(f"--variants: unknown {bad or variants}; choose from {tuple(VARIANTS)}")
+    if a.out_registry and TRAINING_ONLY_KEY in VARIANTS[variants[0]][0].get("extra", {}):
+        raise SystemExit(f"--out-registry publishes the first variant, and {variants[0]!r} is a training-only "
+                         "long-sequence baseline that serving cannot run: put a TWIN variant first")
     settings = _settings(a)
     t0 = time.perf_counter()
     data = load_dataset(data_dir)

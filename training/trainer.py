@@ -10,6 +10,8 @@
   * "nocross":       TWIN without the cross-feature bias b_a in alpha (paper sec. 4.4 ablation);
   * "no_full_lse", "no_user_stats", "no_item_stats": TWIN without one of the additions;
   * "paper":         TWIN as the paper describes it: none of the three additions.
+  * the paper's long-sequence baselines and the inconsistent-GSU ablation ("din", "avg_pooling", "sim_hard",
+    "sim_soft", "eta", "sdim", "twin_inconsistent"): training/long_sequence_baselines.py.
 Each is trained with Adam and log-loss: a linear warm-up, then the learning rate is halved whenever
 a validation does not improve on the best AUC, and training stops after `patience` validations
 without improvement (the best state is kept), or at `epochs`. The validation curve is kept in
@@ -31,6 +33,7 @@ from tqdm import tqdm
 from training.consistency import READINGS, oracle_hits
 from training.coverage import RowUsage, fill_unused_rows
 from training.dataset import TrainingData
+from training.long_sequence_baselines import BASELINE_VARIANTS, build_model
 from training.metrics import auc, gauc, logloss
 from training.schemas import ITEM_STAT_FEATURES
 from twin.config import TwinConfig
@@ -47,6 +50,7 @@ VARIANTS: dict[str, tuple[dict, bool]] = {
     "no_user_stats": ({"user_stats": False}, False),
     "no_item_stats": ({}, True),
     "paper": ({"full_lse": False, "user_stats": False, "evidence": False}, True),
+    **BASELINE_VARIANTS,  # the paper's long-sequence baselines (training/long_sequence_baselines.py)
 }
 TARGET_KIND_NAMES = {0: "active", 1: "dormant", 2: "popular", 3: "uniform"}
 
@@ -150,7 +154,7 @@ def evaluate(model: TwinCTR, data: TrainingData, split: str, settings: TrainSett
             m = kind == k
             if m.any() and 0 < s.label[m].mean() < 1:
                 res[f"auc_{name}"] = auc(s.label[m], p[m])
-    if with_consistency and model.cfg.gsu == "twin":
+    if with_consistency and model.cfg.gsu == "twin" and getattr(model, "selects", True):
         res.update(consistency(model, data, split, settings))
     return res
 
@@ -228,7 +232,7 @@ def run_comparison(data: TrainingData, variants: tuple[str, ...], settings: Trai
     for v in variants:
         d = variant_data(data, v)
         torch.manual_seed(settings.seed)  # same initial weights for every variant (where shapes agree)
-        model = TwinCTR(make_config(d, v, settings))
+        model = build_model(make_config(d, v, settings))
         f = fit(model, d, settings, name=v)
         test = evaluate(model, d, "test", settings)
         test["early_stopped"] = float(f["early_stopped"])

@@ -275,12 +275,14 @@ class TwinCTR(nn.Module):
         parts += [p[:, None, :].expand(-1, C, -1) for p in per_user]
         return self.tower(torch.cat(parts, dim=-1)).squeeze(-1)
 
-    # ---- training path ------------------------------------------------------------------------
-    def forward(self, b: TrainBatch) -> torch.Tensor:
-        """-> logits [B, C] (0 at masked targets)."""
-        S = self.cfg.short_len
-        q_emb, queries = self._queries(b.target)  # [B, C, H], [B, C, A, d_k]
-        cross_parts, bias = self._cross(b.seq_cross, b.seq_ts, b.now)  # J x [B, L, e], [B, L, A]
+    def _long_term(self, b: TrainBatch, queries: torch.Tensor, cross_parts: list[torch.Tensor], bias: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The use of the long sequence in training: CP-GSU over all L, then the ESU on the k selected.
+
+        queries [B, C, A, d_k], cross_parts J x [B, L, e_j], bias [B, L, A]
+        -> heads [B, C, A*d_v], evidence [B, C, A], lse_full [B, C, A] (None unless cfg.full_lse).
+        The one hook the paper's long-sequence baselines (SIM, ETA, SDIM...: training only) replace;
+        everything else of the CTR model is shared with them."""
         with torch.no_grad():  # keys of all L behaviors: the hard top-k needs them, without gradient
             keys_all, _ = self._split_proj(self._project_sequence(b.seq_items))  # [B, L, A, d_k]
         lse_full = None
@@ -293,7 +295,14 @@ class TwinCTR(nn.Module):
                 alpha = self._full_alpha(keys_all, queries, bias, b.seq_mask)
         with torch.no_grad():
             positions, valid = self._select(alpha, b.seq_mask)  # [B, C, k]
-        # Re-project only the selected behaviors, with gradients, through the same functions.
+        heads, evidence = self._esu(b, queries, cross_parts, bias, positions, valid)
+        return heads, evidence, lse_full
+
+    def _esu(self, b: TrainBatch, queries: torch.Tensor, cross_parts: list[torch.Tensor], bias: torch.Tensor,
+             positions: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ESU in training on the selected positions, valid [B, C, k] -> heads [B, C, A*d_v], evidence
+        [B, C, A]. Re-projects only the selected behaviors, with gradients, through the same functions.
+        """
         keys_sel, vals_sel = self._split_proj(self.project_items(_gather_seq(b.seq_items, positions)))
         bias_sel = _gather_seq(bias, positions).permute(0, 1, 3, 2)  # [B, C, A, k]
         alpha_sel = attention_logits(
@@ -303,6 +312,15 @@ class TwinCTR(nn.Module):
         ).squeeze(-2)  # [B, C, A, k]
         cross_sel = [_gather_seq(p, positions) for p in cross_parts]  # J x [B, C, k, e]
         _, heads, evidence = esu_pool(alpha_sel, vals_sel, torch.cat(cross_sel, dim=-1), self.w_v_cross.weight, valid)
+        return heads, evidence
+
+    # ---- training path ------------------------------------------------------------------------
+    def forward(self, b: TrainBatch) -> torch.Tensor:
+        """-> logits [B, C] (0 at masked targets)."""
+        S = self.cfg.short_len
+        q_emb, queries = self._queries(b.target)  # [B, C, H], [B, C, A, d_k]
+        cross_parts, bias = self._cross(b.seq_cross, b.seq_ts, b.now)  # J x [B, L, e], [B, L, A]
+        heads, evidence, lse_full = self._long_term(b, queries, cross_parts, bias)
         recent = torch.cat([self.inherent_emb(b.seq_items[:, :S]), *[p[:, :S] for p in cross_parts]], dim=-1)
         short = self._short_term(q_emb, recent, b.seq_mask[:, :S])
         logits = self._tower(q_emb, heads, evidence, short, lse_full, b.seq_cross, b.seq_mask, b.now, b.hist_len)

@@ -1,0 +1,172 @@
+"""`make reproduce`: the paper's offline study (TWIN Table 4 and Fig. 4) on our data, over seeds.
+
+    python -m training.reproduce                 # the full run -> reports/reproduce/{table.md, consistency.png}
+    python -m training.reproduce --smoke         # CI-sized: tiny data, 2 seeds, exit 1 if a model fails to train
+
+Every model of MODELS (TWIN, its ablations and the long-sequence baselines of
+training/long_sequence_baselines.py) is trained on each data set (the `lifelong` generator preset of
+both families at `users` users, and MovieLens ml-latest-small) once per seed, with the same settings;
+a seed sets the initial weights and the batch order, the data stay the same. The plain references of
+training/baselines.py (oracle ceiling, counting, regressions) are fitted once per data set. The first
+seed's TWIN, SIM Hard, SIM Soft and ETA also give Fig. 4's curve (training/consistency_curve.py).
+
+A model "fails to train" when its training raises or its test AUC is not above chance (0.5) or not
+finite; the run continues with the others and exits 1 at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from training import baselines, movielens, synthetic, synthetic_topics
+from training.consistency_curve import hits_by_size
+from training.dataset import TrainingData, load_dataset
+from training.reproduce_report import Run, write_report
+from training.trainer import TrainSettings, run_comparison
+
+log = logging.getLogger(__name__)
+
+# Table 4's models, then the ablations; the paper's names are in training/reproduce_report.PAPER_TABLE4.
+MODELS = ("twin", "no_full_lse", "nocross", "twin_inconsistent", "sim_soft", "sdim", "eta", "sim_hard", "din",
+          "avg_pooling")
+CURVE_MODELS = ("twin", "sim_hard", "sim_soft", "eta")  # Fig. 4's
+GENERATORS = {"categories": synthetic, "topics": synthetic_topics}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big a run is. FULL is sized for ~90 minutes on the 2-core box (docs/benchmarks.md)."""
+
+    users: int  # users of each generated data set (the lifelong preset's 2,000 take ~1 min an epoch for TWIN)
+    preset: str
+    # scored targets per user; the lifelong preset's 256 (`make train`) would quadruple the run's steps
+    samples_per_user: int | None = 64
+    seeds: tuple[int, ...]
+    settings: TrainSettings
+    movielens: bool = True
+    families: tuple[str, ...] = tuple(GENERATORS)
+    curve_requests: int = 32
+    min_auc: float = 0.5  # above chance, or the model failed to train
+    models: tuple[str, ...] = MODELS
+
+
+FULL = Plan(users=400, preset="lifelong", seeds=(0, 1, 2),
+            settings=TrainSettings(epochs=3, patience=2, evals_per_epoch=1, max_len=10_000, progress=True,
+                                   consistency_requests=32))
+# Tiny data and a small architecture: every model's code path (retrieval, ESU, hashing, pooling) in CI.
+SMOKE = Plan(users=100, preset="tiny", samples_per_user=None, seeds=(0, 1), movielens=False, curve_requests=8,
+             settings=TrainSettings(epochs=1, batch_size=96, lr=1e-2, warmup_steps=5, patience=1, evals_per_epoch=1,
+                                    max_len=150, progress=False, consistency_requests=8,
+                                    arch={"d_k": 8, "d_v": 8, "d_out": 16, "mlp_dims": (32,), "top_k": 20,
+                                          "short_len": 10}))
+
+
+@dataclass
+class DataSet:
+    name: str
+    data: TrainingData
+    refs: list = field(default_factory=list)
+
+
+def prepare(plan: Plan, root: Path) -> list[DataSet]:
+    """Generate (once; reused when present) and load the data sets of the plan."""
+    out = []
+    for family in plan.families:
+        gen = GENERATORS[family]
+        per_user = {"samples_per_user": plan.samples_per_user} if plan.samples_per_user else {}
+        d = root / f"{family}-{plan.preset}-u{plan.users}-s{plan.samples_per_user or 'preset'}"
+        if not (d / "samples.parquet").is_file():
+            gen.generate(gen.preset(plan.preset, n_users=plan.users, **per_user), d, progress=plan.settings.progress)
+        out.append(DataSet(f"{family} {plan.preset} ({plan.users} users)", load_dataset(d)))
+    if plan.movielens:
+        d = root / "movielens"
+        if not (d / "samples.parquet").is_file():
+            movielens.convert(movielens.DEFAULT_DIR, d)
+        out.append(DataSet("MovieLens ml-latest-small", load_dataset(d)))
+    for ds in out:
+        ds.refs = baselines.references(ds.data, seed=0)
+    return out
+
+
+def train_one(ds: DataSet, model: str, seed: int, plan: Plan) -> Run:
+    settings = dataclasses.replace(plan.settings, seed=seed)
+    t0 = time.perf_counter()
+    try:
+        [r] = run_comparison(ds.data, (model,), settings)
+    except Exception as e:  # noqa: BLE001 - a failed model is a row of the report, then exit 1
+        log.exception("%s on %s, seed %d failed", model, ds.name, seed)
+        return Run(ds.name, model, seed, {}, time.perf_counter() - t0, 0, f"{type(e).__name__}: {e}")
+    auc = r.test.get("auc", float("nan"))
+    error = "" if math.isfinite(auc) and auc > plan.min_auc else f"test AUC {auc:.4f} not above {plan.min_auc}"
+    curve = None
+    if seed == plan.seeds[0] and model in CURVE_MODELS:
+        curve = hits_by_size(r.model, r.data, settings.max_len, settings.max_targets,
+                             n_requests=plan.curve_requests, seed=seed)
+    return Run(ds.name, model, seed, r.test, r.train_seconds, r.steps, error, curve)
+
+
+def run(plan: Plan, root: Path, out: Path, threads: int) -> int:
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    sets = prepare(plan, root)
+    runs: list[Run] = []
+    jobs = [(ds, m, s) for ds in sets for s in plan.seeds for m in plan.models]
+    bar = tqdm(jobs, desc="reproduce", unit="model")
+    for ds, m, s in bar:
+        bar.set_postfix_str(f"{ds.name}: {m} seed {s}")
+        runs.append(train_one(ds, m, s, plan))
+        if runs[-1].error:
+            tqdm.write(f"FAILED {m} on {ds.name} (seed {s}): {runs[-1].error}")
+    wall = time.perf_counter() - t0
+    write_report(out, sets, runs, plan, wall)
+    failed = [r for r in runs if r.error]
+    print(f"wrote {out / 'table.md'} and {out / 'consistency.png'}: {len(runs)} trainings in {wall / 60:.1f} min, "
+          f"{len(failed)} failed")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.reproduce", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="the CI-sized plan (tiny data, 2 seeds, no MovieLens)")
+    ap.add_argument("--out", default=None, help="report folder (default reports/reproduce[-smoke])")
+    ap.add_argument("--data-root", default="var/data/reproduce", help="where the data sets are generated")
+    ap.add_argument("--users", type=int, help="override the plan's users per generated data set")
+    ap.add_argument("--seeds", help="override the plan's seeds, e.g. 0,1,2")
+    ap.add_argument("--models", help=f"override the plan's models (from {','.join(MODELS)})")
+    ap.add_argument("--sets", help="override the plan's data sets, from categories,topics,movielens")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    plan = SMOKE if a.smoke else FULL
+    over = {}
+    if a.users:
+        over["users"] = a.users
+    if a.seeds:
+        over["seeds"] = tuple(int(s) for s in a.seeds.split(","))
+    if a.models:
+        over["models"] = tuple(m.strip() for m in a.models.split(",") if m.strip())
+    if a.sets:
+        sets = [x.strip() for x in a.sets.split(",") if x.strip()]
+        bad = set(sets) - {*GENERATORS, "movielens"}
+        if bad:
+            ap.error(f"--sets: unknown {sorted(bad)}")
+        over |= {"families": tuple(x for x in sets if x in GENERATORS), "movielens": "movielens" in sets}
+    plan = dataclasses.replace(plan, **over)
+    out = Path(a.out or ("reports/reproduce-smoke" if a.smoke else "reports/reproduce"))
+    return run(plan, Path(a.data_root), out, a.threads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
