@@ -194,7 +194,7 @@ def test_completion_and_likes_follow_latent_affinity():
 
 def test_lifelong_preset_reaches_twin_scale_histories():
     cfg = PRESETS["lifelong"]
-    assert (cfg.n_users, cfg.samples_per_user, cfg.hist_cap) == (2_000, 64, 20_000)
+    assert (cfg.n_users, cfg.samples_per_user, cfg.hist_cap) == (2_000, 256, 20_000)
     small = preset("lifelong", n_items=3_000, n_authors=500, n_categories=20)
     rng = np.random.default_rng(0)
     lens = make_users(small, make_catalog(small, rng), np.arange(1, 2_001), rng).hist_len
