@@ -48,10 +48,11 @@ class Plan:
 
     users: int  # users of each generated data set (the lifelong preset's 2,000 take ~1 min an epoch for TWIN)
     preset: str
-    # scored targets per user; the lifelong preset's 256 (`make train`) would quadruple the run's steps
-    samples_per_user: int | None = 64
     seeds: tuple[int, ...]
     settings: TrainSettings
+    # scored targets per user (None: the preset's); the lifelong preset's 256 (`make train`) would
+    # quadruple the run's steps
+    samples_per_user: int | None = 64
     movielens: bool = True
     families: tuple[str, ...] = tuple(GENERATORS)
     curve_requests: int = 32
