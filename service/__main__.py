@@ -37,7 +37,8 @@ def uvicorn_config(settings: Settings, log_level: str = "info", app=None) -> uvi
     """The server's configuration from the settings (the tests serve real sockets with it too)."""
     return uvicorn.Config(app if app is not None else create_app(settings), host=settings.host, port=settings.port,
                           loop="uvloop", http="httptools", log_level=log_level, access_log=False, lifespan="on",
-                          limit_concurrency=settings.max_connections)
+                          limit_concurrency=settings.max_connections,
+                          timeout_graceful_shutdown=settings.shutdown_timeout_s)
 
 
 def serve(settings: Settings, log_level: str = "info") -> None:

@@ -130,6 +130,11 @@ class Settings(BaseSettings):
         1024, ge=1, description="Open connections (and request tasks) uvicorn accepts; past it new requests get "
         "503 at once (uvicorn's limit_concurrency). Unset -> unbounded.",
     )
+    shutdown_timeout_s: float = Field(
+        10.0, gt=0, description="On SIGTERM, requests in flight get this long to finish before the remaining "
+        "connections are closed (uvicorn's timeout_graceful_shutdown): a client that never closes its "
+        "connection cannot hold the process up.",
+    )
 
     # --- batching and load shedding
     batch_max_candidates: int | None = Field(

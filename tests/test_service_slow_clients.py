@@ -48,7 +48,7 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 async def score_once(port: int) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(head("/v1/score", len(SCORE)) + SCORE)
-    status = int((await reader.readline()).split(b" ", 2)[1])
+    status = int((await asyncio.wait_for(reader.readline(), 10)).split(b" ", 2)[1])
     writer.close()
     return status
 
@@ -66,6 +66,26 @@ async def test_a_body_cut_short_is_answered_408_and_the_connection_closed(world:
     assert status == 408 and b"body_timeout" in data and b"connection: close" in data.lower(), data
     assert 0.9 < waited < 3.0
     assert ok == 200
+
+
+async def test_a_client_that_never_closes_cannot_hold_up_the_shutdown(world: World):
+    settings = world.settings.model_copy(update={"shutdown_timeout_s": 1.0, "body_timeout_s": 60.0})
+    port = free_port(range_env="TWIN_TEST_HTTP_PORTS")
+    server = uvicorn.Server(uvicorn_config(settings.model_copy(update={"port": port}), log_level="critical"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "uvicorn exited"
+        await asyncio.sleep(0.02)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head("/v1/events", 5000) + b'{"events": [')  # a request whose body never ends
+    await writer.drain()
+    while not server.server_state.tasks:  # its request task is running
+        await asyncio.sleep(0.02)
+    t0 = time.perf_counter()
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+    assert time.perf_counter() - t0 < 5.0
+    writer.close()
 
 
 async def test_trickling_clients_are_cut_off_while_others_are_served(world: World):
