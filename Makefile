@@ -124,13 +124,15 @@ BUDGET_MS ?= 30
 THINK_MS ?= 0
 LOADTEST_OUT ?= reports/loadtest
 REPLICAS ?= 1
-# smoke (CI): demo world (L <= 1,000), 2 users, 20 s; budget = ~3x the p99 measured on a busy
+# smoke (CI): demo world (L <= 2,000), 2 users, 20 s; budget = ~3x the p99 measured on a busy
 # 2-core box (docs/loadtest.md); any failed request still fails the gate. The gate that can trip:
-# ratios measured in the same run (loadtest/baseline.py), bounds ~1.8x the values measured on this
-# busy box (docs/benchmarks.md), so that a 2x regression of either breaks them: HTTP p99 / bare forward
-# p99 (measured 2.6-2.8), bare forward / GEMM+read floor at the world's shape (measured 10-14).
+# ratios measured in the same run (loadtest/baseline.py): HTTP p99 / bare forward p99 (measured
+# 2.6-2.8 on a busy box with the L <= 1,000 demo model; 5.04 on an idle one with the L = 2,000 demo
+# model of 2026-12-01: forward p99 6.2 ms, HTTP p99 31 ms with locust on the same 2 cores, so the
+# ratio moves with the load; bound 10 = ~2x the highest measured), bare forward / GEMM+read floor at
+# the world's shape (measured 10-14, 11.8 idle; bound 25).
 SMOKE_BUDGET_MS ?= 650
-SMOKE_MAX_HTTP_OVER_FORWARD ?= 5
+SMOKE_MAX_HTTP_OVER_FORWARD ?= 10
 SMOKE_MAX_FORWARD_OVER_FLOOR ?= 25
 STACK_ARGS ?=
 WORLD ?=
