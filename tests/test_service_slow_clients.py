@@ -19,14 +19,20 @@ from tests.service_world import NOW_MS, World, world  # noqa: F401
 SCORE = json.dumps({"user_id": 2, "candidates": [{"item_id": 5}], "context": {"ts": NOW_MS}}).encode()
 
 
-@asynccontextmanager
-async def serving(settings) -> AsyncIterator[tuple[int, uvicorn.Server]]:
+async def start_server(settings, log_level: str = "warning") -> tuple[int, uvicorn.Server, asyncio.Task]:
+    """A real uvicorn server on a free port, started: (port, server, its serve() task)."""
     port = free_port(range_env="TWIN_TEST_HTTP_PORTS")
-    server = uvicorn.Server(uvicorn_config(settings.model_copy(update={"port": port}), log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(settings.model_copy(update={"port": port}), log_level=log_level))
     task = asyncio.create_task(server.serve())
     while not server.started:
         assert not task.done(), "uvicorn exited"
         await asyncio.sleep(0.02)
+    return port, server, task
+
+
+@asynccontextmanager
+async def serving(settings) -> AsyncIterator[tuple[int, uvicorn.Server]]:
+    port, server, task = await start_server(settings)
     try:
         yield port, server
     finally:
@@ -70,12 +76,7 @@ async def test_a_body_cut_short_is_answered_408_and_the_connection_closed(world:
 
 async def test_a_client_that_never_closes_cannot_hold_up_the_shutdown(world: World):
     settings = world.settings.model_copy(update={"shutdown_timeout_s": 1.0, "body_timeout_s": 60.0})
-    port = free_port(range_env="TWIN_TEST_HTTP_PORTS")
-    server = uvicorn.Server(uvicorn_config(settings.model_copy(update={"port": port}), log_level="critical"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "uvicorn exited"
-        await asyncio.sleep(0.02)
+    port, server, task = await start_server(settings, log_level="critical")
     _, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(head("/v1/events", 5000) + b'{"events": [')  # a request whose body never ends
     await writer.drain()
