@@ -73,7 +73,9 @@ def w1_model() -> TwinCTR:
 
 
 def items(ids: np.ndarray) -> np.ndarray:
-    return np.stack([ids, ids % N_AUTHORS, ids % N_CATS, (ids * 7) % 1800 + 1], axis=1).astype(np.int64)
+    """Raw inherent rows [n, 5]: item_id, author_id, category, duration_s, views."""
+    return np.stack([ids, ids % N_AUTHORS, ids % N_CATS, (ids * 7) % 1800 + 1, (ids * 31) % 5000],
+                    axis=1).astype(np.int64)
 
 
 def user_block(uid: int) -> BehaviorBlock:
@@ -102,7 +104,7 @@ async def seed(url: str, keys: Keys, model: TwinCTR, version: str) -> None:
         await load_catalog(h.client, keys, ids, items(ids))
         users = list(range(N_USERS)) + COLD_USERS
         await load_histories(h.client, keys, 2, users, [user_block(u) for u in users])
-        await project(h.client, keys, model, version, 4)
+        await project(h.client, keys, model, version, len(model.cfg.schema.inherent))
     finally:
         await h.aclose()
 
@@ -114,7 +116,7 @@ async def bare_inputs(url: str, keys: Keys, model: TwinCTR, version: str, uid: i
     try:
         block = (await BehaviorStore(h.client, keys, 2).read_newest([uid], L))[0]
         proj, _ = await ProjectionStore(h.client, keys, version, model.proj_dim).get(block.item_id)
-        recent, _ = await CatalogStore(h.client, keys, 4).get(block.item_id[:model.cfg.short_len])
+        recent, _ = await CatalogStore(h.client, keys, len(model.cfg.schema.inherent)).get(block.item_id[:model.cfg.short_len])
     finally:
         await h.aclose()
     return ScoreInputs(slot=None, seq_proj=torch.from_numpy(np.asarray(proj, np.float16)), seq_cross=block.cross,  # type: ignore[arg-type]

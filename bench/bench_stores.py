@@ -59,9 +59,11 @@ async def timed(fn: Callable[[], Awaitable[Any]], reps: int, setup: Callable[[],
 
 
 def catalog_raw(n: int, rng: np.random.Generator) -> np.ndarray:
-    """int64 [n, 4]: item_id, author_id (Zipf 1.1), category, duration_s."""
+    """int64 [n, 5]: item_id, author_id (Zipf 1.1), category, duration_s, views (Zipf 1.1)."""
     authors = np.minimum(rng.zipf(1.1, n), 100_000) - 1
-    return np.stack([np.arange(n), authors, rng.integers(0, 200, n), rng.integers(1, 1200, n)], 1).astype(np.int64)
+    views = np.minimum(rng.zipf(1.1, n), 1_000_000)
+    return np.stack([np.arange(n), authors, rng.integers(0, 200, n), rng.integers(1, 1200, n), views],
+                    1).astype(np.int64)
 
 
 async def hmget_server_us(h: Any) -> float | None:
@@ -130,7 +132,7 @@ async def main(args: argparse.Namespace) -> None:
           f"= {2 * D} B/item; catalog {n_items:,} items; n_buckets {keys.n_buckets}")
     try:
         # ---- catalog + projector -------------------------------------------------------------
-        cat = CatalogStore(h.client, keys, n_features=4)
+        cat = CatalogStore(h.client, keys, n_features=len(cfg.schema.inherent))
         raw = catalog_raw(n_items, rng)
         t = time.perf_counter()
         for lo in range(0, n_items, 200_000):
