@@ -15,6 +15,7 @@ from cache.errors import is_outage, is_refusal
 from service.api.schemas import EventsRequest, EventsResponse
 from service.context import ServiceContext
 from service.errors import NotReady, field_error
+from service.tasks import bounded
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,7 +67,7 @@ async def _store_call(ctx: ServiceContext, call: Awaitable[T], budget_s: float, 
     once the write was sent, cannot say whether it ran). Anything else is a bug: it propagates (500)."""
     what = "stored" if written else "checked against the catalog"
     try:
-        return await asyncio.wait_for(call, max(budget_s, 0.0))
+        return await bounded(call, budget_s)
     except TimeoutError as e:
         log.warning("%d events: the store did not answer in time (%s)", n, what)
         if written:  # the script was sent: it may have run after our budget ran out

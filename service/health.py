@@ -11,7 +11,7 @@ import logging
 
 from cache.errors import describe, outage_reason
 from service.engine.worker import InferenceWorker
-from service.tasks import cancel_and_wait
+from service.tasks import bounded, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class HealthMonitor:
 
     async def check_once(self) -> None:
         try:
-            ok = bool(await asyncio.wait_for(self.redis.client.ping(), self.redis_timeout_s))
+            ok = bool(await bounded(self.redis.client.ping(), self.redis_timeout_s))
             reason = "redis_unavailable"
         except Exception as e:  # noqa: BLE001 - any failure is "unreachable"; its kind names the reason
             ok, reason = False, outage_reason(e)

@@ -5,6 +5,7 @@ is bounded (max_connections -> 503 past it)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from collections.abc import AsyncIterator
@@ -19,15 +20,32 @@ from tests.service_world import NOW_MS, World, world  # noqa: F401
 SCORE = json.dumps({"user_id": 2, "candidates": [{"item_id": 5}], "context": {"ts": NOW_MS}}).encode()
 
 
+def task_stacks() -> str:
+    """Every task of the loop with its stack: what a hung start or stop is waiting on."""
+    out = io.StringIO()
+    for t in asyncio.all_tasks():
+        t.print_stack(file=out)
+    return out.getvalue()
+
+
 async def start_server(settings, log_level: str = "warning") -> tuple[int, uvicorn.Server, asyncio.Task]:
     """A real uvicorn server on a free port, started: (port, server, its serve() task)."""
     port = free_port(range_env="TWIN_TEST_HTTP_PORTS")
     server = uvicorn.Server(uvicorn_config(settings.model_copy(update={"port": port}), log_level=log_level))
     task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 60
     while not server.started:
         assert not task.done(), "uvicorn exited"
+        assert time.monotonic() < deadline, "uvicorn did not start within 60 s:\n" + task_stacks()
         await asyncio.sleep(0.02)
     return port, server, task
+
+
+async def stop_server(server: uvicorn.Server, task: asyncio.Task) -> None:
+    server.should_exit = True
+    done, _ = await asyncio.wait([task], timeout=30)
+    assert done, "uvicorn did not stop within 30 s:\n" + task_stacks()
+    task.result()
 
 
 @asynccontextmanager
@@ -36,8 +54,7 @@ async def serving(settings) -> AsyncIterator[tuple[int, uvicorn.Server]]:
     try:
         yield port, server
     finally:
-        server.should_exit = True
-        await task
+        await stop_server(server, task)
 
 
 def head(path: str, length: int) -> bytes:

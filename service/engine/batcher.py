@@ -36,7 +36,7 @@ from service.engine.request import Pending, ScoreInputs, ScoreResult
 from service.engine.worker import InferenceWorker
 from service.errors import DeadlineExceeded, NotReady, Overloaded
 from service.metrics import Metrics
-from service.tasks import cancel_and_wait
+from service.tasks import bounded, cancel_and_wait
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -125,7 +125,7 @@ class MicroBatcher:
         self._waiters.append((n_cand, fut))
         self._set_depth()
         try:
-            await asyncio.wait_for(fut, max(deadline - time.monotonic(), 0.0))
+            await bounded(fut, deadline - time.monotonic())
         except BaseException as e:
             if fut.done() and not fut.cancelled() and fut.exception() is None:  # granted as we left
                 Admission(self, n_cand).release()
@@ -222,7 +222,7 @@ class MicroBatcher:
             self._wakeup.clear()
             if self._idle_jobs:  # waiting for fetches to end: re-check when its patience runs out
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), IDLE_PATIENCE_S)
+                    await bounded(self._wakeup.wait(), IDLE_PATIENCE_S)
             else:
                 await self._wakeup.wait()
         # Idle worker: give requests still being fetched a moment to join (bounded by the oldest one's wait).
@@ -230,7 +230,7 @@ class MicroBatcher:
         while remaining > 0 and not self._full() and self._fetching > 0:
             self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                await bounded(self._wakeup.wait(), remaining)
             except TimeoutError:
                 break
             remaining = self._queue[0].enqueued_at + self.max_wait_s - time.monotonic() if self._queue else 0

@@ -22,6 +22,7 @@ from service.engine.worker import InferenceWorker
 from service.errors import DeadlineExceeded
 from service.metrics import Metrics
 from service.settings import Settings
+from service.tasks import bounded
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,8 @@ class Engine:
         """Queue one request and wait for its result until `deadline` (time.monotonic())."""
         fut = self.batcher.submit(inputs, deadline, admission)
         try:
-            return await asyncio.wait_for(fut, max(deadline - time.monotonic(), 0.0))
-        except TimeoutError:  # wait_for cancelled the future: the batcher will skip it if not yet run
+            return await bounded(fut, deadline - time.monotonic())
+        except TimeoutError:  # bounded cancelled the future: the batcher will skip it if not yet run
             self.metrics.shed.labels(reason="deadline").inc()
             raise DeadlineExceeded("deadline passed before the model answered", reason="deadline") from None
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import torch
 
 from twin.kernels.cpu_threads import set_cpu_threads
+from service.tasks import bounded
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,7 +93,7 @@ class InferenceWorker:
         if time.monotonic() - self.last_ok < fresh_s:
             return True
         try:
-            return await asyncio.wait_for(self.call(self._probe), timeout_s)
+            return await bounded(self.call(self._probe), timeout_s)
         except Exception as e:  # noqa: BLE001 - any failure means "device not answering"
             log.warning("device probe failed: %r", e)
             return False
