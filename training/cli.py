@@ -44,6 +44,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay")
+    p.add_argument("--id-l2", type=float, default=TrainSettings.id_l2,
+                   help="lambda of DIN's mini-batch aware L2 on the id embedding tables (0: off)")
     p.add_argument("--max-len", type=int, default=10_000, help="behaviors the TWIN GSU reads per request")
     p.add_argument("--max-targets", type=int, default=64, help="targets per request (larger ones are cut)")
     p.add_argument("--patience", type=int, default=3)
@@ -59,7 +61,7 @@ def _settings(a: argparse.Namespace) -> TrainSettings:
     if not isinstance(arch, dict):
         raise ValueError(f"--arch must be a JSON object, got {a.arch!r}")
     return TrainSettings(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
-                         weight_decay=a.weight_decay,
+                         weight_decay=a.weight_decay, id_l2=a.id_l2,
                          max_len=a.max_len, max_targets=a.max_targets, seed=a.seed, patience=a.patience,
                          evals_per_epoch=a.evals_per_epoch, progress=not a.no_progress, arch=arch)
 
