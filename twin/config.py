@@ -138,8 +138,6 @@ class TwinConfig:
     # N(0, std) init of every embedding table. 0.05 left alpha flat (keys ~0.03) and the attention
     # barely learned on the ci preset (TWIN 0.745 AUC = recent-100); 0.3 gave 0.773 vs 0.760.
     emb_init_std: float = 0.3
-    # Dropout on the tower's input and hidden layers in training (identity when serving).
-    dropout: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:

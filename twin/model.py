@@ -273,13 +273,7 @@ class TwinCTR(nn.Module):
         if self.cfg.user_stats:
             per_user.append(sequence_means(seq_cross, seq_mask))  # [B, J_s]
         parts += [p[:, None, :].expand(-1, C, -1) for p in per_user]
-        x = torch.cat(parts, dim=-1)  # [B, C, tower input]
-        p_drop = self.cfg.dropout if self.training else 0.0
-        for layer in self.tower:  # Linear, ReLU, ..., Linear; dropout before every Linear
-            if p_drop and isinstance(layer, nn.Linear):
-                x = nn.functional.dropout(x, p_drop, training=True)
-            x = layer(x)
-        return x.squeeze(-1)
+        return self.tower(torch.cat(parts, dim=-1)).squeeze(-1)
 
     def _long_term(self, b: TrainBatch, queries: torch.Tensor, cross_parts: list[torch.Tensor], bias: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
