@@ -2,7 +2,6 @@
 acknowledge."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable

@@ -6,7 +6,6 @@ and every batch holds the slot of its requests, so in-flight work finishes on it
 """
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import time

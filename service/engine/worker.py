@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import torch
 
-from twin.kernels.cpu_threads import set_cpu_threads
 from service.tasks import bounded
+from twin.kernels.cpu_threads import set_cpu_threads
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
