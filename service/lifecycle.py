@@ -161,14 +161,17 @@ class ModelManager:
     async def _prefill(self, slot: ModelSlot) -> None:
         """While another version serves: read the sequences of the users it answered most recently
         (up to swap_prefill_users, at most swap_prefill_s) into the new slot's caches, one user at a
-        time, so that its first answers are not all cold reads. The catalog row cache is handed over
-        whole when the schemas agree (rows are data, not model output)."""
+        time and paced to swap_prefill_duty of the wall time, so that its first answers are not all
+        cold reads and serving is not starved meanwhile. The catalog row cache is handed over whole
+        when the schemas agree (rows are data, not model output)."""
         old, s = self.engine.active, self.settings
         if old is None or old.user_cache is None or slot.user_cache is None or s.swap_prefill_users == 0:
             return
         deadline, n = time.monotonic() + s.swap_prefill_s, 0
+        rest = 1.0 / s.swap_prefill_duty - 1.0  # pause per second of reading
         for user in old.user_cache.recent_users(s.swap_prefill_users):
-            if time.monotonic() > deadline:
+            t = time.monotonic()
+            if t > deadline:
                 break
             try:
                 await self.engine.fetcher.prefetch(slot, user)
@@ -176,7 +179,7 @@ class ModelManager:
                 log.warning("prefill of %s stopped after %d users: %r", slot.version, n, e)
                 break
             n += 1
-            await asyncio.sleep(0)  # serving requests go first
+            await asyncio.sleep((time.monotonic() - t) * rest)  # serving requests go first
         log.info("prefilled %s with %d users' sequences", slot.version, n)
 
     async def _load(self, version: str):

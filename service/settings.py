@@ -89,7 +89,12 @@ class Settings(BaseSettings):
         256, ge=0, description="Before a version is switched in under traffic, the sequences of this many users the "
         "serving version answered most recently are read into its caches (0: it starts cold).",
     )
-    swap_prefill_s: float = Field(2.0, ge=0, description="Longest the pre-switch prefill may take.")
+    swap_prefill_s: float = Field(3.0, ge=0, description="Longest the pre-switch prefill may take.")
+    swap_prefill_duty: float = Field(
+        0.25, gt=0, le=1, description="Share of wall time the pre-switch prefill may take from serving: after each "
+        "user it pauses (1/duty - 1) times as long as that user's read took, so serving requests go between reads "
+        "(issue 10: back to back, 256 reads took ~0.6 s of the event loop and doubled p99 in that second).",
+    )
     prepare_nice: int = Field(
         19, ge=0, le=19, description="Niceness of the projector process that projects a version activated while "
         "another one serves (python -m cache.projector --nice N --threads 1): its CPU goes to serving first.",
