@@ -4,8 +4,9 @@ Columns: requests (score + events of the load, plus the scenario's own), status 
 (answers outside the contract: a 5xx other than the documented 503/504, a connection error or no
 answer while the scorer was meant to be up, a wrong answer of the scenario's own requests; `overflow`
 counts requests the generator did not send because max_inflight were waiting), p99 of the score
-requests answered 200, recovery (fault over -> ready and a non-degraded score), and the events the
-service acknowledged vs those found in Redis afterwards.
+requests answered 200, recovery (fault over -> ready and a non-degraded score; for freshness: the
+re-projection run over -> its projections served), and the events the service acknowledged vs those
+found in Redis afterwards.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from loadtest.faults.artifacts import broken_versions, perturbed_copy, remove, remove_version
 from loadtest.faults.load import Client, Load, Sample, p99, status_counts
-from loadtest.faults.stack import Stack
+from loadtest.faults.stack import Stack, World
 
 EXPECTED_5XX = {"503", "504"}  # documented: store down / not ready (Retry-After), deadline
 
@@ -290,6 +291,73 @@ class Runner:
             rows.append(self.row(f"{what} under load", merged, failures=bad[what], note=note))
         return rows
 
+    async def freshness(self) -> Row:
+        """Bounded staleness (problem 7): the catalog rows of (up to 200 of) a user's items change and an
+        incremental projector run (`python -m cache.projector --incremental-ids`, as a catalog pipeline
+        runs it) re-projects them while the scorer holds that user's sequence, projections and rows in
+        its caches. The user's scores (fixed candidates and request time) are polled; from the run's
+        exit to the first changed answer is the staleness (the run publishes its change feed just
+        before it exits), held against projection_poll_s plus one request. The load never picks that
+        user, so nothing else can change its scores."""
+        from cache.catalog_store import CatalogStore
+        from cache.connection import open_redis
+        from cache.layout import Keys, behavior_dtype
+        from service.settings import Settings
+
+        w, keys = self.world, Keys()
+        user = w.first_user + w.users - 1
+        body = json.dumps({"user_id": user, "candidates": [{"item_id": i} for i in range(1, 21)],
+                           "context": {"ts": int(time.time() * 1000)}}).encode()
+        bound = float(self.stack.env.get("TWIN_PROJECTION_POLL_S", Settings.model_fields["projection_poll_s"].default))
+
+        async def scores() -> np.ndarray:
+            ans = await self.client.request("POST", "/v1/score", body)
+            assert ans.status == 200 and not ans.json()["degraded"], (ans.status, ans.body[:200])
+            return np.asarray(ans.json()["scores"])
+
+        load = Load(self.stack.port, World(w.users - 1, w.first_user, w.items), seed=len(self.rows))
+        load.start()
+        await asyncio.sleep(self.t(5, 3))
+        old = await scores()
+        assert np.array_equal(old, await scores())  # answered from the caches, same as the first read
+        r = self.stack.redis(timeout=10)
+        log_items = np.frombuffer(r.get(keys.user_log(user)) or b"", behavior_dtype(self.n_cross))["item_id"]
+        r.close()
+        ids = np.setdiff1d(log_items.astype(np.int64), np.arange(1, 21))[:200]
+        h = await open_redis(self.stack.env["REDIS_URL"])
+        try:
+            width = await CatalogStore(h.client, keys, 1).stored_width()
+            catalog = CatalogStore(h.client, keys, width // 8)
+            rows, _ = await catalog.get(ids)
+            changed = rows.copy()
+            changed[:, 1:] = np.roll(rows[:, 1:], 1, axis=0)  # other items' features: valid values, new rows
+            await catalog.put(ids, changed)
+        finally:
+            await h.aclose()
+        unchanged_after_write = np.array_equal(old, await scores())  # rows alone: projections still cached
+        path = self.out / "freshness_ids.npy"
+        np.save(path, ids)
+        job = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "cache.projector", "--registry", str(self.stack.models),
+                             "--incremental-ids", str(path), "--no-progress", "--threads", "1"],
+            env=self.stack.env, capture_output=True, text=True, timeout=300)
+        t_run = time.monotonic()
+        staleness = float("nan")
+        while job.returncode == 0 and time.monotonic() - t_run < 30.0:
+            if not np.array_equal(old, await scores()):
+                staleness = time.monotonic() - t_run
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(self.t(3, 1))
+        await load.stop()
+        failures = int(job.returncode != 0) + int(not staleness <= bound + 1.0) + int(not unchanged_after_write)
+        note = (f"{ids.size} items' catalog rows changed, scores unchanged until re-projected: "
+                f"{'yes' if unchanged_after_write else 'NO'}; projector --incremental-ids exit {job.returncode}"
+                f"{'' if job.returncode == 0 else ': ' + job.stderr[-300:]}; new scores served {staleness:.2f} s "
+                f"after the run (bound {bound + 1.0:g} s = projection_poll_s {bound:g} + 1 s for a request)")
+        return self.row("freshness: incremental re-projection", load, failures=failures, note=note,
+                        recovery=staleness)  # a staleness over the bound is counted as a failure
+
     async def broken_artifacts(self) -> Row:
         versions = await asyncio.to_thread(broken_versions, self.stack.models)  # before the load: torch
         load = self.load()
@@ -374,7 +442,7 @@ class Runner:
                         note=f"all cut within {held:.1f} s (body_timeout_s {timeout_s:g})")
 
     SCENARIOS = ("baseline", "schemathesis", "redis_stop", "redis_pause", "debug_sleep", "scorer_sigkill",
-                 "activation", "broken_artifacts", "bad_events", "slow_bodies")
+                 "activation", "freshness", "broken_artifacts", "bad_events", "slow_bodies")
 
     async def run(self, only: list[str] | None = None) -> list[Row]:
         warm = self.load()  # a fresh scorer's caches are cold: the first rows would measure that, not the fault
