@@ -162,8 +162,9 @@ compose-smoke:
 	COMPOSE_PROJECT=$(COMPOSE_PROJECT) TORCH_VERSION=$(TORCH_VERSION) bash scripts/compose_smoke.sh
 
 # Fault scenarios under load against a local stack (loadtest/faults: redis-server with AOF, bootstrap,
-# one scorer), one table row each; exit 1 on a failure, a lost acknowledged event, a recovery over 5 s
-# a swap p99 ratio over 1.5 or an incremental re-projection served later than projection_poll_s + 1 s. `make soak`: 10 minutes at a fixed rate, RSS and latency drift.
+# one scorer), one table row each; exit 1 on a failure, a lost acknowledged event, a recovery over 5 s,
+# a swap p99 ratio over 1.5 or an incremental re-projection served later than projection_poll_s + 1 s.
+# `make soak`: 10 minutes at a fixed rate, RSS and latency drift.
 # faults-smoke (CI): the short variants of both, schemathesis included. Ports: FAULTS_ARGS="--base-port P --redis-port P".
 FAULTS_ARGS ?=
 SOAK_ARGS ?=
