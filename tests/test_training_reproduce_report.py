@@ -10,6 +10,8 @@ def test_a_difference_smaller_than_the_spread_is_a_tie():
     assert compare(Stat(0.80, 0.01, 3), Stat(0.795, 0.002, 3)) == "="  # 0.005 < 0.01
     assert compare(Stat(0.80, 0.001, 3), Stat(0.79, 0.002, 3)) == ">"
     assert compare(Stat(0.78, 0.001, 3), Stat(0.79, 0.002, 3)) == "<"
+    assert compare(Stat(0.80, 0.0, 1), Stat(0.70, 0.0, 1)) == "?"  # one seed: no spread, nothing judged
+    assert compare(Stat(0.80, 0.0, 1), Stat(0.70, 0.01, 3)) == "?"
     s = stat([0.70, 0.72, float("nan")])  # a failed seed does not enter the mean
     assert s.n == 2 and abs(s.mean - 0.71) < 1e-12 and abs(s.std - 0.0141421) < 1e-6
 
@@ -21,8 +23,11 @@ def test_ordering_joins_ties_and_the_agreement_counts_pairs_of_table_4():
     counts, rev = paper_agreement(st)
     # pairs in the paper's order: twin>sim_soft (tie), twin>sim_hard (reversed), twin>avg (agree),
     # sim_soft>sim_hard (reversed), sim_soft>avg (agree), sim_hard>avg (agree)
-    assert counts == {"agree": 3, "tie": 1, "reversed": 2}
+    assert counts == {"agree": 3, "tie": 1, "reversed": 2, "unjudged": 0}
     assert rev == ["SIM Hard > TWIN", "SIM Hard > SIM Soft"]
+    one = {m: Stat(x.mean, 0.0, 1) for m, x in st.items()}  # the same means from one seed each
+    assert ordering(one) == "SIM Hard ? TWIN ? SIM Soft ? Avg-Pooling"
+    assert paper_agreement(one) == ({"agree": 0, "tie": 0, "reversed": 0, "unjudged": 6}, [])
 
 
 def test_the_report_has_every_model_the_references_the_curve_and_the_failures(tmp_path):
@@ -41,5 +46,6 @@ def test_the_report_has_every_model_the_references_the_curve_and_the_failures(tm
     assert "| 10 | 0/2 |" in text  # mean training seconds, early-stopped runs of all
     assert "*reference: oracle (noiseless logit, ceiling)* | - | 0.9000" in text
     assert "| d | TWIN | 9.0 | 90.0 | 90.0 | 90.0 | 94 |" in text
+    assert "Seeds [0, 1]." in text and "(one seed)" not in text
     assert "* eta on d, seed 0: RuntimeError: boom" in text
     assert (tmp_path / "consistency.png").stat().st_size > 1000

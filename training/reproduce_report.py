@@ -54,7 +54,10 @@ def stat(values: list[float]) -> Stat:
 
 
 def compare(a: Stat, b: Stat) -> str:
-    """'>' if a beats b by more than the spread, '<' if b beats a, '=' (a tie) otherwise."""
+    """'>' if a beats b by more than the spread, '<' if b beats a, '=' (a tie) otherwise; '?' when either
+    has fewer than two seeds: with no spread, no difference can be told from noise."""
+    if min(a.n, b.n) < 2:
+        return "?"
     d = a.mean - b.mean
     return "=" if abs(d) < max(a.std, b.std) else (">" if d > 0 else "<")
 
@@ -66,11 +69,12 @@ def _stats(runs: list[Run], dataset: str, metric: str) -> dict[str, Stat]:
 
 
 def ordering(st: dict[str, Stat]) -> str:
-    """Models by mean, best first; neighbours within the spread are joined by '≈' (a tie)."""
+    """Models by mean, best first; neighbours within the spread are joined by '≈' (a tie), neighbours
+    that cannot be judged (one seed) by '?'."""
     ranked = sorted((m for m in st if st[m].n), key=lambda m: -st[m].mean)
     out = LABELS.get(ranked[0], ranked[0]) if ranked else ""
     for prev, m in zip(ranked, ranked[1:]):
-        out += (" ≈ " if compare(st[prev], st[m]) == "=" else " > ") + LABELS.get(m, m)
+        out += {"=": " ≈ ", "?": " ? "}.get(compare(st[prev], st[m]), " > ") + LABELS.get(m, m)
     return out
 
 
@@ -78,28 +82,33 @@ def paper_agreement(st: dict[str, Stat]) -> tuple[dict[str, int], list[str]]:
     """Over the pairs of Table 4's models that both ran: how many orders agree with the paper's, tie, or
     are reversed (the reversed ones listed)."""
     names = [m for m in PAPER_TABLE4 if m in st and st[m].n]  # the paper's order, best first
-    counts, reversed_pairs = {"agree": 0, "tie": 0, "reversed": 0}, []
+    counts, reversed_pairs = {"agree": 0, "tie": 0, "reversed": 0, "unjudged": 0}, []
     for hi, lo in itertools.combinations(names, 2):
         c = compare(st[hi], st[lo])
-        key = {">": "agree", "=": "tie", "<": "reversed"}[c]
+        key = {">": "agree", "=": "tie", "<": "reversed", "?": "unjudged"}[c]
         counts[key] += 1
         if key == "reversed":
             reversed_pairs.append(f"{LABELS[lo]} > {LABELS[hi]}")
     return counts, reversed_pairs
 
 
+VERDICT = {"=": "tie", ">": "better", "<": "worse", "?": "?"}  # a model's AUC against TWIN's
+
+
 def dataset_section(name: str, runs: list[Run], refs) -> str:
     auc, gauc = _stats(runs, name, "auc"), _stats(runs, name, "gauc")
     cons = {r: _stats(runs, name, f"consistency_{r}") for r in READINGS}
     secs = _stats(runs, name, "_seconds")
-    lines = [f"### {name}", "",
+    seeds = sorted({r.seed for r in runs if r.dataset == name})
+    judged = "." if len(seeds) > 1 else ": one seed, so no difference is judged ('?')."
+    lines = [f"### {name}", "", f"Seeds {seeds}{judged}", "",
              "| model | paper AUC / GAUC | AUC (mean ± std) | GAUC (mean ± std) | AUC vs TWIN | consistency @k "
              "sum / per-head / max | train s | early-stopped | failed |", "|---|---|---|---|---|---|---|---|---|"]
     twin = auc.get("twin")
     for m in sorted(auc, key=lambda m: -auc[m].mean if auc[m].n else math.inf):
         paper = PAPER_TABLE4.get(m)
         vs = "-" if twin is None or m == "twin" or not auc[m].n else \
-            {"=": "tie", ">": "better", "<": "worse"}[compare(auc[m], twin)] + f" ({auc[m].mean - twin.mean:+.4f})"
+            VERDICT[compare(auc[m], twin)] + f" ({auc[m].mean - twin.mean:+.4f})"
         c = " / ".join("-" if math.isnan(cons[r][m].mean) else f"{cons[r][m].mean:.1f}" for r in READINGS)
         mine = [r for r in runs if r.dataset == name and r.model == m]
         failed = sum(1 for r in mine if r.error)
@@ -111,7 +120,8 @@ def dataset_section(name: str, runs: list[Run], refs) -> str:
     counts, rev = paper_agreement(auc)
     lines += ["", f"* by AUC: {ordering(auc)}", f"* by GAUC: {ordering(gauc)}",
               f"* pairs of Table 4's models (AUC): {counts['agree']} ordered as in the paper, {counts['tie']} ties, "
-              f"{counts['reversed']} reversed" + (f" ({'; '.join(rev)})" if rev else "")]
+              f"{counts['reversed']} reversed" + (f" ({'; '.join(rev)})" if rev else "") +
+              (f", {counts['unjudged']} not judged (one seed)" if counts["unjudged"] else "")]
     return "\n".join(lines)
 
 
@@ -169,7 +179,8 @@ def write_report(out: Path, sets, runs: list[Run], plan, wall_s: float) -> None:
         r.test["_seconds"] = r.train_seconds
     failures = [f"* {r.model} on {r.dataset}, seed {r.seed}: {r.error}" for r in runs if r.error]
     parts = ["# Reproduce: TWIN Table 4 and Fig. 4 on our data", "",
-             f"{len(runs)} trainings in {wall_s / 60:.1f} min; seeds {list(plan.seeds)}; generated data sets at "
+             f"{len(runs)} trainings in {wall_s / 60:.1f} min; planned seeds {list(plan.seeds)} (each data set says "
+             f"which ran); generated data sets at "
              f"{plan.users} users of the `{plan.preset}` preset; settings `{plan.settings}`.",
              "Ties: a difference smaller than the larger of the two standard deviations over seeds. References are "
              "fitted once (deterministic).", ""]
