@@ -75,15 +75,16 @@ train-movielens: $(STAMP)
 	  --variants twin,recent,nocross --report reports/train_movielens.md
 
 # The paper's offline study (issue 12, training/reproduce.py): TWIN, its ablations (no cross bias, an
-# inconsistent GSU; the full-sequence LSE by --models) and the long-sequence baselines (Avg-Pooling, DIN = newest 100,
-# SIM Hard, SIM Soft, ETA, SDIM: training/long_sequence_baselines.py) on the lifelong preset of both
+# inconsistent GSU; the full-sequence LSE by --models) and the long-sequence baselines (Avg-Pooling,
+# DIN = newest 100, SIM Hard, SIM Soft, ETA, SDIM: training/long_sequence_baselines.py) on the lifelong preset of both
 # generator families and MovieLens ml-latest-small, 3 seeds each -> reports/reproduce/table.md (mean ± std,
 # ties, the references, the paper's Table 4 beside) and consistency.png (Fig. 4).
 # Sizing, measured on this idle 2-core box (docs/benchmarks.md, 2026-12-02): the generated sets at 400 users
 # x 64 targets (80 batches an epoch), at most 6 epochs (patience 2, one validation an epoch), max_len 10,000,
 # 9 models x 3 seeds: 54 trainings of 17-111 s, ~60 min for both sets; MovieLens whole (48 batches an epoch of
 # 256 histories) takes 1.4-9 min a training (SDIM the slowest), ~30 min a seed. The one full run so far
-# made the generated sets' 3 seeds and MovieLens's first (90.3 min). On a box busy with other trainings it takes hours.
+# made the generated sets' 3 seeds and MovieLens's first (90.3 min): the whole plan is ~2.5 h.
+# On a box busy with other trainings it takes hours.
 # REPRODUCE_ARGS="--users 200 --seeds 0" or "--models twin,sim_hard" for a quicker look.
 REPRODUCE_ARGS ?=
 reproduce: $(STAMP)
