@@ -1,0 +1,50 @@
+"""Independent trainings in worker processes: one torch thread each, and glibc keeping its freed heap.
+
+Exists for speed only (the results are the same bits as one process: same data, seed and ops).
+Measured on the 2-core box, TWIN on MovieLens ml-latest-small, one epoch (docs/benchmarks.md,
+"2026-12-02 (afternoon)"):
+  * 2 torch threads 51.6 s, 1 thread 44.5 s, two 1-thread runs side by side 50.1 s each: the model's
+    ops are too small to split across cores, so two single-thread workers do ~2x the work of one
+    two-thread process;
+  * glibc serves blocks above its mmap threshold (at most 32 MiB by default) with fresh mmap()s and
+    unmaps them on free, so every step page-faults its temporaries in again (18 s of system time in
+    that 61 s run); with the thresholds below the epoch took 34.6 s, SDIM's 55 -> 36 s and its
+    validation pass 38 -> 19 s. glibc reads these variables when a process starts, which is why they
+    are set for the spawned workers rather than with mallopt() at run time (mallopt refuses an mmap
+    threshold above 32 MiB; SDIM's one-hot buckets are ~190 MB). The cost: a worker's RSS stays at
+    its high-water mark.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+# MALLOC_MMAP_THRESHOLD_ alone or MALLOC_TRIM_THRESHOLD_ alone changed nothing measurable; both are needed.
+KEEP_HEAP_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(8 << 30)}
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_parallel(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int, threads: int = 1
+                 ) -> Iterator[tuple[int, Any, BaseException | None]]:
+    """Yield (index into jobs, fn(*jobs[index]), None) as each job finishes, or (index, None, the
+    exception) when it raised or its worker died (a killed worker fails the jobs still queued too),
+    from `workers` spawned processes of `threads` torch threads each. Jobs start in the order given
+    (put the longest first). fn must be importable by name (a module-level function). The malloc
+    variables are set in this process's environment too (a value already there is kept)."""
+    for k, v in KEEP_HEAP_ENV.items():
+        os.environ.setdefault(k, v)
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter reads the malloc variables at start
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+        for f in as_completed(futures):
+            e = f.exception()
+            yield futures[f], None if e else f.result(), e
