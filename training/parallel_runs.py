@@ -1,6 +1,8 @@
 """Independent trainings in worker processes: one torch thread each, and glibc keeping its freed heap.
 
-Exists for speed only (the results are the same bits as one process: same data, seed and ops).
+Exists for speed only: at the same thread count a job gives the same bits as in one process (1 and 2
+threads differ in float summation order, e.g. TWIN on categories 0.8326 vs 0.8341 mean AUC, within
+its spread of 0.017).
 Measured on the 2-core box, TWIN on MovieLens ml-latest-small, one epoch (docs/benchmarks.md,
 "2026-12-02 (afternoon)"):
   * 2 torch threads 51.6 s, 1 thread 44.5 s, two 1-thread runs side by side 50.1 s each: the model's
@@ -38,13 +40,19 @@ def run_parallel(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int, th
     exception) when it raised or its worker died (a killed worker fails the jobs still queued too),
     from `workers` spawned processes of `threads` torch threads each. Jobs start in the order given
     (put the longest first). fn must be importable by name (a module-level function). The malloc
-    variables are set in this process's environment too (a value already there is kept)."""
-    for k, v in KEEP_HEAP_ENV.items():
-        os.environ.setdefault(k, v)
+    variables (a value already in the environment is kept) reach only the workers."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter reads the malloc variables at start
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(threads,)) as pool:
-        futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+        # the pool spawns its workers inside submit() (one per submit until `workers` run, none later:
+        # no max_tasks_per_child), so the variables are in the environment exactly while they start
+        added = {k: v for k, v in KEEP_HEAP_ENV.items() if k not in os.environ}
+        os.environ.update(added)
+        try:
+            futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+        finally:
+            for k in added:
+                del os.environ[k]
         for f in as_completed(futures):
             e = f.exception()
             yield futures[f], None if e else f.result(), e
