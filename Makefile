@@ -82,8 +82,9 @@ train-movielens: $(STAMP)
 # Sizing, measured on this idle 2-core box (docs/benchmarks.md, 2026-12-02): the generated sets at 400 users
 # x 64 targets (80 batches an epoch), at most 6 epochs (patience 2, one validation an epoch), max_len 10,000,
 # 9 models x 3 seeds: 54 trainings of 17-111 s, ~60 min for both sets; MovieLens whole (48 batches an epoch of
-# 256 histories) takes 1.4-9 min a training (SDIM the slowest), ~30 min a seed. The one full run so far
-# made the generated sets' 3 seeds and MovieLens's first (90.3 min): the whole plan is ~2.5 h.
+# 256 histories) 1.4-9 min a training (SDIM the slowest) at 2 threads. Run as two single-thread worker
+# processes with glibc keeping its freed heap (training/parallel_runs.py), all 81 trainings took 88.1 min
+# (2026-12-02, max RSS 10.1 GB per process); --workers 1 --threads 2 runs one at a time (~2.5 h).
 # On a box busy with other trainings it takes hours.
 # REPRODUCE_ARGS="--users 200 --seeds 0" or "--models twin,sim_hard" for a quicker look.
 REPRODUCE_ARGS ?=

@@ -4,7 +4,7 @@ Exists for speed only: at the same thread count a job gives the same bits as in 
 threads differ in float summation order, e.g. TWIN on categories 0.8326 vs 0.8341 mean AUC, within
 its spread of 0.017).
 Measured on the 2-core box, TWIN on MovieLens ml-latest-small, one epoch (docs/benchmarks.md,
-"2026-12-02 (afternoon)"):
+"2026-12-02 (noon)"):
   * 2 torch threads 51.6 s, 1 thread 44.5 s, two 1-thread runs side by side 50.1 s each: the model's
     ops are too small to split across cores, so two single-thread workers do ~2x the work of one
     two-thread process;

@@ -47,8 +47,8 @@ GENERATORS = {"categories": synthetic, "topics": synthetic_topics}
 
 @dataclass(frozen=True)
 class Plan:
-    """How big a run is. FULL: ~60 min for the generated sets' 54 trainings plus ~30 min a MovieLens seed on the
-    idle 2-core box (measured, docs/benchmarks.md 2026-12-02)."""
+    """How big a run is. FULL: 81 trainings in 88.1 min on the idle 2-core box in two single-thread workers
+    (measured, docs/benchmarks.md 2026-12-02 (noon)); one two-thread process would take ~2.5 h."""
 
     users: int  # users of each generated data set (the lifelong preset's 2,000 take ~1 min an epoch for TWIN)
     preset: str
@@ -67,8 +67,8 @@ class Plan:
 # Sizing, measured on the idle 2-core box (categories, 400 users, seed 0; docs/benchmarks.md 2026-12-02):
 # at the trainer's lr 2e-3 with 100 warm-up steps a 3-epoch TWIN spent 100 of its 240 steps warming up
 # (test AUC 0.8226); lr 4e-3 with 20 warm-up steps gave 0.8266 at 3 epochs and 0.8509 at 8 (116 s),
-# SIM Hard 0.8821 (early-stopped at 7, 67 s). At 6 epochs the generated sets take ~60 min; MovieLens
-# ~30 min a seed (SDIM 9 min of it), so the whole plan takes ~2.5 h, more than the issue's ~90 min.
+# SIM Hard 0.8821 (early-stopped at 7, 67 s). At 6 epochs in one two-thread process the generated sets
+# take ~60 min and MovieLens ~30 min a seed (SDIM 9 min of it): ~2.5 h; two single-thread workers: 88 min.
 # The full-sequence LSE ablation (a tie wherever measured, README) is left to --models.
 FULL = Plan(users=400, preset="lifelong", seeds=(0, 1, 2),
             models=tuple(m for m in MODELS if m != "no_full_lse"),
