@@ -10,7 +10,8 @@ a seed sets the initial weights and the batch order, the data stay the same. The
 training/baselines.py (oracle ceiling, counting, regressions) are fitted once per data set. The first
 seed's TWIN, SIM Hard, SIM Soft and ETA also give Fig. 4's curve (training/consistency_curve.py).
 The trainings run two at a time in single-thread worker processes (training/parallel_runs.py: ~2x the
-throughput of one two-thread process on the 2-core box, the same results).
+throughput of one two-thread process on the 2-core box; a seed gives the same bits at the same
+thread count, and 1 vs 2 threads differ only in float summation order).
 
 A model "fails to train" when its training raises or its test AUC is not above chance (0.5) or not
 finite; the run continues with the others and exits 1 at the end.
