@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from service.engine import forward
 from service.engine.forward import run_batch, synthetic_inputs
 from service.engine.slot import ModelSlot
 from tests.twin_factory import tiny_model
@@ -28,6 +29,7 @@ def test_a_lone_requests_candidate_slices_score_as_one_forward(monkeypatch):
     real = type(slot.model).finish
     monkeypatch.setattr(type(slot.model), "finish", lambda self, b, g, explain=False: seen.append(b.cand.shape[1])
                         or real(self, b, g, explain))
+    monkeypatch.setattr(forward, "MIN_CANDIDATES_PER_SLICE", 32)  # the mechanics, at a size a test can afford
     cpu_threads.set_cpu_threads(3)
     try:
         split = run_batch(slot, [it])[0]

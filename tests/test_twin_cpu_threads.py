@@ -35,6 +35,17 @@ def test_split_covers_the_range_in_order_on_several_threads(three_threads):
     assert len({t for *_, t in parts}) == 3
 
 
+def test_a_split_inside_a_slice_runs_serially_instead_of_waiting_for_a_busy_pool(three_threads):
+    import concurrent.futures
+
+    def outer(lo: int, hi: int) -> list:
+        return cpu_threads.split(hi - lo, 1, _record)  # e.g. the ESU kernel inside a candidate slice
+
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:  # a deadlock would hang: bound the wait
+        parts = ex.submit(cpu_threads.split, 30, 1, outer).result(timeout=10)
+    assert [len(inner) for inner in parts] == [1, 1, 1]  # every nested split ran as one slice
+
+
 def test_slices_run_under_the_callers_grad_mode(three_threads):
     with torch.inference_mode():
         assert all(cpu_threads.split(3, 1, lambda lo, hi: torch.is_inference_mode_enabled()))

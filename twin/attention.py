@@ -10,6 +10,7 @@ No score averaging: a behavior ranked high by any one head is kept.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -109,12 +110,15 @@ def masked_softmax(alpha: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(weights, nan=0.0)
 
 
-def esu_pool(alpha_sel: torch.Tensor, vals_inh: torch.Tensor, cross: torch.Tensor, w_v_cross: torch.Tensor,
-             valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def esu_pool(alpha_sel: torch.Tensor, vals_inh: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+             cross: torch.Tensor, w_v_cross: torch.Tensor, valid: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ESU multi-head target attention over the k selected behaviors, values K W^v_a with the FULL K.
 
     alpha_sel [B, C, A, k]       relevance of the selected behaviors
-    vals_inh  [B, C, k, A, d_v]  inherent part K_h W^v_{h,a} (cached by the projector)
+    vals_inh  [B, C, k, A, d_v]  inherent part K_h W^v_{h,a} (cached by the projector), or a function
+                                 weights [B, C, A, k] -> their weighted sum [B, C, A, d_v] (the CPU
+                                 serving path: a kernel that reads them from the cached projections)
     cross     [B, C, k, cx]      cross-feature embeddings K_c of the selected behaviors
     w_v_cross [A*d_v, cx]        W^v_c (a Linear's weight)
     valid     [B, C, k]
@@ -127,9 +131,10 @@ def esu_pool(alpha_sel: torch.Tensor, vals_inh: torch.Tensor, cross: torch.Tenso
     """
     keep = valid[:, :, None, :]  # [B, C, 1, k]
     weights = masked_softmax(alpha_sel, keep)  # [B, C, A, k]
-    heads = torch.einsum("bcak,bckad->bcad", weights, vals_inh)  # [B, C, A, d_v]
+    # [B, C, A, d_v]
+    heads = vals_inh(weights) if callable(vals_inh) else torch.einsum("bcak,bckad->bcad", weights, vals_inh)
     pooled = torch.einsum("bcak,bckx->bcax", weights, cross)  # [B, C, A, cx]
-    A, d_v = vals_inh.shape[-2:]
+    A, d_v = heads.shape[-2:]
     heads = heads + torch.einsum("bcax,adx->bcad", pooled, w_v_cross.view(A, d_v, -1))
     evidence = torch.logsumexp(alpha_sel.masked_fill(~keep, NEG_INF), dim=-1)  # [B, C, A]
     evidence = evidence.masked_fill(~valid.any(-1, keepdim=True), 0.0)

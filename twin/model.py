@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import kernels
 from .attention import attention_logits, cross_bias, esu_pool, masked_softmax, recent_topk, round_robin_select
 from .kernels.cpu_alpha import alpha_cpu
 from .kernels.torch_gsu import full_lse, gather_alpha
@@ -108,18 +109,18 @@ class GsuResult:
     alpha_sel: torch.Tensor  # [B, C, A, k] alpha at the selected positions
     bias_sel: torch.Tensor   # [B, C, A, k] cross bias at the selected positions
     q_emb: torch.Tensor      # [B, C, H] candidate inherent embeddings (reused by the tower)
-    cross_emb: list[torch.Tensor]  # J tensors [B, L, e_j]
+    cross_ids: list[torch.Tensor]  # J tensors [B, L] int64: the cross feature ids of every behavior
     # [B, C, A] log-sum-exp of alpha over the FULL valid sequence (0 if none): how much of the history
     # matches, which the softmax over the k selected hides. Filled when cfg.full_lse, else None.
     lse_full: torch.Tensor | None = None
 
     def candidates(self, lo: int, hi: int) -> "GsuResult":
-        """Candidates lo..hi-1 only (views; the per-behavior cross embeddings are shared)."""
+        """Candidates lo..hi-1 only (views; the per-behavior cross ids are shared)."""
         if (lo, hi) == (0, self.positions.shape[1]):
             return self
         c = slice(lo, hi)
         return GsuResult(self.positions[:, c], self.valid[:, c], self.alpha_sel[:, c], self.bias_sel[:, c],
-                         self.q_emb[:, c], self.cross_emb, None if self.lse_full is None else self.lse_full[:, c])
+                         self.q_emb[:, c], self.cross_ids, None if self.lse_full is None else self.lse_full[:, c])
 
 
 def _gather_seq(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -206,6 +207,20 @@ class TwinCTR(nn.Module):
             bias = torch.zeros_like(bias)
         return parts, bias
 
+    def _serve_cross_bias(self, ids: list[torch.Tensor]) -> torch.Tensor:
+        """The cross bias of _cross from the ids alone, for inference: b_a(l) = sum_j T_j[id_j(l), a] with
+        T_j = beta_j (E_j w^c_j^T) [vocab_j, A], one row per id instead of one embedding and product per
+        behavior (cross vocabularies are buckets: tens of rows). Equal to _cross's bias up to float32
+        rounding (the same products, summed by another GEMM kernel). ids J x [B, n] -> [B, n, A]."""
+        out, start = None, 0
+        for j, (table, i) in enumerate(zip(self.cross_emb.tables, ids)):
+            e = table.weight.shape[1]
+            t = (table.weight @ self.w_c[:, start:start + e].T) * self.beta[:, j]  # [vocab_j, A]
+            term = t.index_select(0, i.reshape(-1)).view(*i.shape, -1)
+            out = term if out is None else out + term
+            start += e
+        return out if self.cfg.cross_bias else torch.zeros_like(out)
+
     def _full_alpha(self, keys: torch.Tensor, queries: torch.Tensor, bias: torch.Tensor, seq_mask: torch.Tensor,
                     scratch: torch.Tensor | None = None) -> torch.Tensor:
         """keys [B, L, A, d_k], queries [B, C, A, d_k], bias [B, L, A], seq_mask [B, L]
@@ -243,11 +258,16 @@ class TwinCTR(nn.Module):
         if self.cfg.gsu == "recent":
             positions, valid = recent_topk(seq_mask, alpha.shape[2], self.cfg.top_k)
             return positions, valid, gather_alpha(alpha, positions), full_lse(alpha) if want_lse else None
-        lengths = None  # the CPU kernel scans each user up to its last valid behavior (-inf marks any hole)
-        if alpha.device.type == "cpu":  # (elsewhere -inf alone: no host sync for it)
-            L = seq_mask.shape[1]
-            lengths = torch.where(seq_mask.any(1), L - seq_mask.flip(1).to(torch.int8).argmax(1), 0)
+        # the CPU kernel scans each user up to its last valid behavior (-inf marks any hole); elsewhere
+        # -inf alone: no host sync for the lengths
+        lengths = self._lengths(seq_mask) if alpha.device.type == "cpu" else None
         return round_robin_select(alpha, self.cfg.top_k, lengths, want_lse)
+
+    @staticmethod
+    def _lengths(seq_mask: torch.Tensor) -> torch.Tensor:
+        """seq_mask [B, L] -> [B] int64: one past each user's last valid behavior (0 when none)."""
+        L = seq_mask.shape[1]
+        return torch.where(seq_mask.any(1), L - seq_mask.flip(1).to(torch.int8).argmax(1), 0)
 
     def _short_term(self, q_emb, recent_emb, recent_mask) -> torch.Tensor:
         """q_emb [B, C, H], recent_emb [B, S, H+Cx], recent_mask [B, S] -> [B, C, d_out]"""
@@ -343,25 +363,45 @@ class TwinCTR(nn.Module):
     def select(self, b: ServeBatch, scratch: torch.Tensor | None = None) -> GsuResult:
         """CP-GSU from cached projections: alpha over all L, round-robin top-k.
 
-        scratch: optional reusable CPU buffer for alpha (see _full_alpha; alpha does not outlive this
-        call): at W1 alpha is 16 MB per request, and fresh memory for it costs ~4,000 page faults."""
+        On the CPU (float32 queries, no autograd) alpha and the selection are one compiled pass over the
+        keys that never writes alpha (twin.kernels.cpu_fused_gsu); elsewhere alpha is materialised
+        (_full_alpha; scratch: an optional reusable CPU buffer for it, see there) and then ranked."""
         q_emb, queries = self._queries(b.cand)  # [B, C, H], [B, C, A, d_k]
-        cross_parts, bias = self._cross(b.seq_cross, b.seq_ts, b.now)
-        keys, _ = self._split_proj(b.seq_proj)  # [B, L, A, d_k] view; only this half is converted
-        alpha = self._full_alpha(keys, queries, bias, b.seq_mask, scratch)  # [B, A, C, L]
-        positions, valid, alpha_sel, lse = self._gsu(alpha, b.seq_mask, self.cfg.full_lse)
+        ids = cross_ids(self.cfg.schema, b.seq_cross, b.seq_ts, b.now)  # J x [B, L]
+        bias = self._serve_cross_bias(ids)  # [B, L, A]
+        lse = None
+        if self.selects_without_alpha(b, queries.dtype):
+            lengths = self._lengths(b.seq_mask)
+            bias_m = bias.masked_fill(~b.seq_mask[:, :, None], float("-inf")).transpose(1, 2)  # [B, A, L]
+            positions, alpha_sel, lse = kernels.select_fused(b.seq_proj, bias_m, queries, lengths,
+                                                             self.cfg.top_k, self.cfg.full_lse)
+            valid = positions >= 0
+        else:
+            keys, _ = self._split_proj(b.seq_proj)  # [B, L, A, d_k] view; only this half is converted
+            alpha = self._full_alpha(keys, queries, bias, b.seq_mask, scratch)  # [B, A, C, L]
+            positions, valid, alpha_sel, lse = self._gsu(alpha, b.seq_mask, self.cfg.full_lse)
         bias_sel = _gather_seq(bias, positions).permute(0, 1, 3, 2)  # [B, C, A, k]
-        return GsuResult(positions, valid, alpha_sel, bias_sel, q_emb, cross_parts, lse)
+        return GsuResult(positions, valid, alpha_sel, bias_sel, q_emb, ids, lse)
+
+    def selects_without_alpha(self, b: ServeBatch, query_dtype: torch.dtype | None = None) -> bool:
+        """Whether select() runs the fused CPU kernel on these inputs (no alpha buffer needed): CPU,
+        float32 queries (the model's dtype unless given), no autograd, the TWIN GSU."""
+        dtype = query_dtype or self.w_q.weight.dtype
+        return self.cfg.gsu == "twin" and kernels.fused_applies(b.seq_proj, dtype)
 
     def finish(self, b: ServeBatch, g: GsuResult, explain: bool = False) -> ServeOutput:
         """ESU over the selected behaviors, short-term module and tower."""
-        _, vals_all = self._split_proj(b.seq_proj)  # [B, L, A, d_v] view: only the selected rows are read
-        vals_inh = _gather_seq(vals_all, g.positions).to(g.q_emb.dtype)  # [B, C, k, A, d_v]
-        cross_sel = [_gather_seq(p, g.positions) for p in g.cross_emb]
+        A, dk, dv = self.cfg.n_heads, self.cfg.d_k, self.cfg.d_v
+        if kernels.fused_applies(b.seq_proj, g.q_emb.dtype):  # the selected value rows read once, by a kernel
+            vals_inh = lambda w: kernels.pool_values(b.seq_proj, A * dk, dv, g.positions, w)  # noqa: E731
+        else:
+            _, vals_all = self._split_proj(b.seq_proj)  # [B, L, A, d_v] view: only the selected rows are read
+            vals_inh = _gather_seq(vals_all, g.positions).to(g.q_emb.dtype)  # [B, C, k, A, d_v]
+        cross_sel = self.cross_emb.parts([_gather_seq(i, g.positions) for i in g.cross_ids])  # J x [B, C, k, e]
         weights, heads, evidence = esu_pool(g.alpha_sel, vals_inh, torch.cat(cross_sel, dim=-1), self.w_v_cross.weight,
                                             g.valid)
         S = b.recent_items.shape[1]  # min(short_len, L)
-        recent_cross = [p[:, :S] for p in g.cross_emb]
+        recent_cross = self.cross_emb.parts([i[:, :S] for i in g.cross_ids])
         recent = torch.cat([self.inherent_emb(b.recent_items), *recent_cross], dim=-1)  # [B, S, H+Cx]
         recent_mask = b.seq_mask[:, :S]
         short = self._short_term(g.q_emb, recent, recent_mask)

@@ -95,7 +95,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-MIN_CANDIDATES_PER_SLICE = 32  # a lone request's ESU and tower split by candidates into slices this big
+# A lone request's ESU and tower split by candidates into slices at least this big. Measured on the 2-core dev
+# box (docs/benchmarks.md, 2026-12-02): at W1 two slices of 50 took ~10.5-11.7 ms against ~9-9.2 unsplit (the
+# ESU is ~100 small torch ops whose Python glue holds the GIL, so two threads wait on each other); at W3
+# (500 candidates) two slices are no slower.
+MIN_CANDIDATES_PER_SLICE = 256
 
 
 def run_batch(slot: ModelSlot, items: list[ScoreInputs], branches: Executor | None = None,
@@ -132,7 +136,8 @@ def _run_group(slot: ModelSlot, items: list[ScoreInputs], size: tuple[int, int])
     with torch.inference_mode(), amp:
         t0 = time.perf_counter()
         batch = collate(slot, items)
-        gsu = slot.model.select(batch, alpha_scratch(slot, batch))
+        scratch = None if slot.model.selects_without_alpha(batch) else alpha_scratch(slot, batch)
+        gsu = slot.model.select(batch, scratch)
         _sync(slot.device)
         t1 = time.perf_counter()
         # candidates are independent given the sequence: the ESU, short-term module and tower of a CPU

@@ -1,9 +1,10 @@
 """Machinery for speed behind `twin.attention`: the CP-GSU selection kernels and the CPU thread split.
 
-`select(alpha, lengths, k, want_lse)` is the one entry point: float32 CPU alpha goes to the compiled
-kernel (`cpu_gsu`), anything else (CUDA, half precision) to the torch ops (`torch_gsu`). Both return
-the same positions, alpha at them and full-sequence log-sum-exp; tests pin them to each other and to
-a plain Python reference.
+`select(alpha, lengths, k, want_lse)` ranks a materialised alpha: float32 CPU alpha goes to the
+compiled kernel (`cpu_gsu`), anything else (CUDA, half precision) to the torch ops (`torch_gsu`). Both
+return the same positions, alpha at them and full-sequence log-sum-exp; tests pin them to each other
+and to a plain Python reference. `select_fused(proj, bias, queries, ...)` is the CPU serving path:
+alpha computed and ranked block by block from the cached projections, never written (`cpu_fused_gsu`).
 """
 from __future__ import annotations
 
@@ -21,3 +22,28 @@ def select(alpha: torch.Tensor, lengths: torch.Tensor, k: int, want_lse: bool = 
 
         return select_cpu(alpha, lengths, k, want_lse)
     return select_torch(alpha, k, want_lse)
+
+
+def fused_applies(proj: torch.Tensor, query_dtype: torch.dtype) -> bool:
+    """Whether select_fused and pool_values serve these inputs: CPU projections in float16 or float32,
+    float32 queries, no autograd."""
+    return (proj.device.type == "cpu" and query_dtype == torch.float32 and not torch.is_grad_enabled()
+            and proj.dtype in (torch.float16, torch.float32))
+
+
+def select_fused(proj: torch.Tensor, bias: torch.Tensor, queries: torch.Tensor, lengths: torch.Tensor, k: int,
+                 want_lse: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """alpha and the selection in one compiled CPU pass that never writes alpha (cpu_fused_gsu):
+    proj [B, L, D] cached projections (keys = the first A*d_k columns), bias [B, A, L] (-inf at
+    padding), queries [B, C, A, d_k], lengths [B] -> as select()."""
+    from twin.kernels.cpu_fused_gsu import augment_queries, select_fused_cpu
+
+    return select_fused_cpu(proj, bias, augment_queries(queries), lengths, k, want_lse)
+
+
+def pool_values(proj: torch.Tensor, col0: int, d_v: int, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The ESU's weighted sum of the inherent values read from the cached projections (cpu_esu):
+    proj [B, L, D], positions [B, C, k], weights [B, C, A, k] -> [B, C, A, d_v]."""
+    from twin.kernels.cpu_esu import pool_values_cpu
+
+    return pool_values_cpu(proj, col0, d_v, positions, weights)

@@ -125,6 +125,28 @@ def _threshold(gbuf, G, kk, mono):
     return i32_as_f32(b ^ ((b >> 31) & np.int32(0x7FFFFFFF)))  # the mapping is its own inverse
 
 
+@njit(inline="always")
+def _append_at_least(x, n, t, o, keys, m):
+    """Append to keys[m:] the order keys of the entries of x[:n] that are >= t and valid (> -inf), as
+    positions o + i: a 32-lane compare to a bit mask, then one step per set bit. -> the new count."""
+    full = n - n % MASK_LANES
+    for j0 in range(0, full, MASK_LANES):
+        bits = ge_mask(x, j0, t)
+        while bits:
+            j = j0 + lowest_bit(bits)
+            bits &= bits - np.uint64(1)
+            v = x[j]
+            if v > NEG_INF:
+                keys[m] = _order_key(v, o + j)
+                m += 1
+    for j in range(full, n):
+        v = x[j]
+        if v >= t and v > NEG_INF:
+            keys[m] = _order_key(v, o + j)
+            m += 1
+    return m
+
+
 @njit(nogil=True, cache=True)
 def _row_topk(x, n, kk, gbuf, mono, keys, top, acc, want_lse):
     """top[:m] = order keys (value desc, position asc) of m <= 2 kk valid entries of x[:n], in no
@@ -169,22 +191,7 @@ def _row_topk(x, n, kk, gbuf, mono, keys, top, acc, want_lse):
         t = _threshold(gbuf, G, kk, mono)
     else:  # too short for the bound to pay: every valid entry is a candidate
         t = NEG_INF
-    m = 0
-    full = n - n % MASK_LANES
-    for o in range(0, full, MASK_LANES):
-        bits = ge_mask(x, o, t)
-        while bits:
-            i = o + lowest_bit(bits)
-            bits &= bits - np.uint64(1)
-            v = x[i]
-            if v > NEG_INF:
-                keys[m] = _order_key(v, i)
-                m += 1
-    for i in range(full, n):
-        v = x[i]
-        if v >= t and v > NEG_INF:
-            keys[m] = _order_key(v, i)
-            m += 1
+    m = _append_at_least(x, n, t, 0, keys, 0)
     if n < 2 * G:
         for i in range(m):
             v = x[_key_pos(keys[i])]
@@ -249,6 +256,29 @@ def _row_lse(x, n, mx):
 
 
 @njit(nogil=True, cache=True)
+def _round_robin(keys, cnt, base, A, kk, k, ready, stamp, r, out):
+    """The union: rank 1 of heads 0..A-1, rank 2, ... first occurrences into out[:k] -> how many.
+    Head a's candidates are keys[base + a, :cnt[base + a]] (unordered: ranked on demand, _rank_more;
+    ready: int64 [A] workspace); stamp[p] == r marks position p as taken (r: this row's unique id)."""
+    ready[:] = 0
+    got = 0
+    for rank in range(kk):
+        for a in range(A):
+            h = base + a
+            if rank < cnt[h] and got < k:
+                if rank == ready[a]:
+                    ready[a] = _rank_more(keys[h], ready[a], cnt[h])
+                p = _key_pos(keys[h, rank])
+                if stamp[p] != r:
+                    stamp[p] = r
+                    out[got] = p
+                    got += 1
+        if got >= k:
+            break
+    return got
+
+
+@njit(nogil=True, cache=True)
 def _select_rows(alpha, lengths, k, lo, hi, positions, alpha_sel, lse, want_lse):
     """Candidates lo..hi-1 of the flattened (b, c) range: see the module docstring."""
     B, A, C, L = alpha.shape
@@ -273,22 +303,10 @@ def _select_rows(alpha, lengths, k, lo, hi, positions, alpha_sel, lse, want_lse)
                 cnt[a], row_lse = 0, np.float32(0.0)
             if want_lse:
                 lse[b, c, a] = row_lse
-        ready[:] = 0
-        got = 0
-        for rank in range(kk):
-            for a in range(A):
-                if rank < cnt[a] and got < k:
-                    if rank == ready[a]:
-                        ready[a] = _rank_more(top[a], ready[a], cnt[a])
-                    p = _key_pos(top[a, rank])
-                    if stamp[p] != r:
-                        stamp[p] = r
-                        positions[b, c, got] = p
-                        for a2 in range(A):
-                            alpha_sel[b, c, a2, got] = alpha[b, a2, c, p]
-                        got += 1
-            if got >= k:
-                break
+        got = _round_robin(top, cnt, 0, A, kk, k, ready, stamp, r, positions[b, c])
+        for j in range(got):
+            for a2 in range(A):
+                alpha_sel[b, c, a2, j] = alpha[b, a2, c, positions[b, c, j]]
         for j in range(got, k):
             positions[b, c, j] = -1
             for a2 in range(A):

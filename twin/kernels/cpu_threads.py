@@ -30,12 +30,19 @@ def set_cpu_threads(n: int) -> None:
         raise ValueError(f"CPU threads must be >= 1, got {n}")
     with _lock:
         if n != _threads:
-            # each pool thread is one core's worth of work: no OpenMP team of its own
-            old, _pool = _pool, (ThreadPoolExecutor(n - 1, thread_name_prefix="twin-cpu", initializer=torch.set_num_threads,
-                                                    initargs=(1,)) if n > 1 else None)
+            old, _pool = _pool, (ThreadPoolExecutor(n - 1, thread_name_prefix="twin-cpu", initializer=_pool_thread_init)
+                                 if n > 1 else None)
             _threads = n
             if old is not None:
                 old.shutdown(wait=False)
+
+
+def _pool_thread_init() -> None:
+    # each pool thread is one core's worth of work: no OpenMP team of its own, and a split() called
+    # from inside one of its slices runs serially (it would otherwise wait for a pool thread that is
+    # itself, or another one busy with a slice of the same call: a deadlock)
+    torch.set_num_threads(1)
+    _local.serial = True
 
 
 @contextlib.contextmanager
@@ -68,4 +75,6 @@ def split(total: int, min_per_thread: int, fn: Callable[[int, int], T]) -> list[
         if _pool is None:  # reconfigured to serial meanwhile
             return [fn(0, total)]
         futures = [_pool.submit(run, bounds[i], bounds[i + 1]) for i in range(1, n)]
-    return [fn(bounds[0], bounds[1])] + [f.result() for f in futures]
+    with serial():  # the caller's slice, like the pool's, does not split again
+        first = fn(bounds[0], bounds[1])
+    return [first] + [f.result() for f in futures]

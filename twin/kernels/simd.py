@@ -66,3 +66,18 @@ def i32_as_f32(typingctx, x):
         return builder.bitcast(args[0], ir.FloatType())
 
     return sig, codegen
+
+
+@intrinsic
+def to_f32(typingctx, x):
+    """float32 of a float16 held as its bits in an int16 (vcvtph2ps on x86 with F16C; numba has no
+    float16 type on the CPU), or of a float32 (itself): one kernel source serves both caches."""
+    if isinstance(x, types.Integer) and x.bitwidth == 16:
+        def codegen(context, builder, signature, args):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    elif x == types.float32:
+        def codegen(context, builder, signature, args):
+            return args[0]
+    else:
+        return None
+    return types.float32(x), codegen
