@@ -18,7 +18,11 @@ between p50s of the same run. Parts:
              slab rows); kh_user_cache what replaces it for a warm user (the user-sequence cache hands
              the gathered [L, D] over: a lookup);
   kernel_cpu / kernel_torch  the selection alone on a precomputed alpha (compiled kernel / torch ops);
-  read_pass  torch amax over the same alpha (what kernel_cpu is measured against).
+  read_pass  torch amax over the same alpha (what kernel_cpu is measured against);
+  gsu_fused  the serving CPU GSU: alpha and the selection in one pass from the float16 projections,
+             alpha never written (twin.kernels.cpu_fused_gsu); gsu_materialised the path it replaced:
+             alpha's GEMM into the thread's scratch buffer (cpu_alpha), then kernel_cpu;
+  esu_kernel the ESU's value pooling from the cached projections (twin.kernels.cpu_esu).
 Floors use the same threads as the forward (alpha's GEMM split by heads over twin.kernels.cpu_threads).
 On CUDA (`device="cuda"`): the model and the cached projections live on the GPU, the forward runs under
 the engine's float16 autocast, floors are float16 GEMMs, every timed call ends with a device sync,
@@ -45,7 +49,9 @@ from service.engine.request import ScoreInputs
 from service.engine.slot import ModelSlot
 from service.engine.worker import default_parallel_threads, default_threads
 from training.schemas import synthetic_schema
+from twin import kernels
 from twin.config import TwinConfig
+from twin.features import cross_ids
 from twin.kernels import cpu_threads
 from twin.kernels.cpu_gsu import select_cpu
 from twin.kernels.torch_gsu import select_torch
@@ -234,9 +240,24 @@ def kernel_parts(w: World, u: int, with_torch: bool) -> dict[str, Callable[[], o
         return {"read_pass": lambda: (alpha.amax(-1), sync(w.device)),
                 "kernel_torch": lambda: (select_torch(alpha, K, False), sync(w.device)),
                 "kernel_torch_lse": lambda: (select_torch(alpha, K, True), sync(w.device))}
+    with torch.inference_mode():
+        ids = cross_ids(m.cfg.schema, b.seq_cross, b.seq_ts, b.now)
+        bias_m = m._serve_cross_bias(ids).masked_fill(~b.seq_mask[:, :, None], float("-inf")).transpose(1, 2)
+        g = m.select(b)
+        weights = torch.softmax(g.alpha_sel, -1)
+    scratch = torch.empty(alpha.numel())
+    A, dk, dv = m.cfg.n_heads, m.cfg.d_k, m.cfg.d_v
+
+    def materialised() -> object:
+        with torch.inference_mode():
+            return select_cpu(m._full_alpha(keys, q, bias, b.seq_mask, scratch), lengths, K, False)
+
     parts = {"read_pass": lambda: cpu_threads.split(alpha.shape[1], 1, lambda lo, hi: alpha[:, lo:hi].amax(-1)),
              "kernel_cpu": lambda: select_cpu(alpha, lengths, K, False),
-             "kernel_cpu_lse": lambda: select_cpu(alpha, lengths, K, True)}
+             "kernel_cpu_lse": lambda: select_cpu(alpha, lengths, K, True),
+             "gsu_fused": lambda: kernels.select_fused(b.seq_proj, bias_m, q, lengths, K, False),
+             "gsu_materialised": materialised,
+             "esu_kernel": lambda: kernels.pool_values(b.seq_proj, A * dk, dv, g.positions, weights)}
     if with_torch:
         parts["kernel_torch"] = lambda: select_torch(alpha, K, False)
     return parts
@@ -308,6 +329,8 @@ def run_workload(name: str, quick: bool, raw: bool = True, device: torch.device 
     }
     if "raw_mhta" in p:
         out["ratios"]["raw_mhta_over_twin"] = p["raw_mhta"] / p["twin"]
+    if "gsu_fused" in p:
+        out["ratios"]["gsu_fused_over_materialised"] = p["gsu_fused"] / p["gsu_materialised"]
     if "kernel_torch" in p and "kernel_cpu" in p:
         out["ratios"]["kernel_torch_over_kernel_cpu"] = p["kernel_torch"] / p["kernel_cpu"]
     out["bytes_per_request"] = request_bytes(w.L, w.C, w.model)

@@ -47,3 +47,14 @@ def pool_values(proj: torch.Tensor, col0: int, d_v: int, positions: torch.Tensor
     from twin.kernels.cpu_esu import pool_values_cpu
 
     return pool_values_cpu(proj, col0, d_v, positions, weights)
+
+
+def compile_now() -> None:
+    """Compile (or load from numba's on-disk cache) every CPU kernel's serving specialisations, e.g. at
+    image build time, so that a service's first request does not pay the compile (~10 s each)."""
+    from twin.kernels import cpu_fused_gsu, cpu_gsu
+
+    cpu_gsu.compile_now()
+    cpu_fused_gsu.compile_now()
+    for proj in (torch.zeros(1, 10, 16, dtype=torch.float16), torch.zeros(1, 10, 16)):
+        pool_values(proj, 8, 2, torch.zeros(1, 2, 3, dtype=torch.int64), torch.zeros(1, 2, 4, 3))
