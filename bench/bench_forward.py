@@ -22,7 +22,7 @@ between p50s of the same run. Parts:
   gsu_fused  the serving CPU GSU: alpha and the selection in one pass from the float16 projections,
              alpha never written (twin.kernels.cpu_fused_gsu); gsu_materialised the path it replaced:
              alpha's GEMM into the thread's scratch buffer (cpu_alpha), then kernel_cpu;
-  esu_kernel the ESU's value pooling from the cached projections (twin.kernels.cpu_esu).
+  esu_kernel the ESU's softmax, evidence and pooled sums from the cached projections (twin.kernels.cpu_esu).
 Floors use the same threads as the forward (alpha's GEMM split by heads over twin.kernels.cpu_threads).
 On CUDA (`device="cuda"`): the model and the cached projections live on the GPU, the forward runs under
 the engine's float16 autocast, floors are float16 GEMMs, every timed call ends with a device sync,
@@ -244,7 +244,7 @@ def kernel_parts(w: World, u: int, with_torch: bool) -> dict[str, Callable[[], o
         ids = cross_ids(m.cfg.schema, b.seq_cross, b.seq_ts, b.now)
         bias_m = m._serve_cross_bias(ids).masked_fill(~b.seq_mask[:, :, None], float("-inf")).transpose(1, 2)
         g = m.select(b)
-        weights = torch.softmax(g.alpha_sel, -1)
+        tables = [t.weight for t in m.cross_emb.tables]
     scratch = torch.empty(alpha.numel())
     A, dk, dv = m.cfg.n_heads, m.cfg.d_k, m.cfg.d_v
 
@@ -257,7 +257,7 @@ def kernel_parts(w: World, u: int, with_torch: bool) -> dict[str, Callable[[], o
              "kernel_cpu_lse": lambda: select_cpu(alpha, lengths, K, True),
              "gsu_fused": lambda: kernels.select_fused(b.seq_proj, bias_m, q, lengths, K, False),
              "gsu_materialised": materialised,
-             "esu_kernel": lambda: kernels.pool_values(b.seq_proj, A * dk, dv, g.positions, weights)}
+             "esu_kernel": lambda: kernels.esu(b.seq_proj, A * dk, dv, g.positions, g.alpha_sel, tables, g.cross_ids)}
     if with_torch:
         parts["kernel_torch"] = lambda: select_torch(alpha, K, False)
     return parts

@@ -230,17 +230,30 @@ def test_fused_kernel_split_over_threads_gives_the_serial_result(threads):
         assert torch.equal(s, p)
 
 
-def test_esu_value_pooling_kernel_equals_the_einsum():
-    from twin.kernels.cpu_esu import pool_values_cpu
+def test_esu_kernel_equals_the_torch_esu():
+    """Weights, evidence and both pooled sums as twin.attention.esu_pool computes them, with fewer than k
+    selected behaviors, an empty row, float16 projections and two cross features of their own widths."""
+    from twin.attention import esu_heads, esu_pool
+    from twin.kernels import esu
 
     g = torch.Generator().manual_seed(4)
     B, L, C, k, A, d_k, d_v = 2, 500, 7, 30, 4, 16, 8
     proj = torch.randn(B, L, A * d_k + A * d_v, generator=g).half()
     positions = torch.randint(0, L, (B, C, k), generator=g)
     positions[1, :, 20:] = -1  # fewer than k selected
-    weights = torch.softmax(torch.randn(B, C, A, k, generator=g), -1)
-    weights[1, :, :, 20:] = 0.0
-    vals = proj[..., A * d_k:].float().unflatten(-1, (A, d_v))  # [B, L, A, d_v]
-    gathered = vals[torch.arange(B)[:, None, None], positions.clamp_min(0)]  # [B, C, k, A, d_v]
-    want = torch.einsum("bcak,bckad->bcad", weights, gathered)
-    torch.testing.assert_close(pool_values_cpu(proj, A * d_k, d_v, positions, weights), want, rtol=1e-5, atol=1e-6)
+    positions[1, 3] = -1  # nothing selected
+    alpha_sel = torch.randn(B, C, A, k, generator=g) * 3
+    tables = [torch.randn(11, 8, generator=g), torch.randn(2, 5, generator=g)]
+    ids = [torch.randint(0, 11, (B, L), generator=g), torch.randint(0, 2, (B, L), generator=g)]
+    w_v_cross = torch.randn(A * d_v, 13, generator=g)
+    weights, heads_inh, pooled, evidence = esu(proj, A * d_k, d_v, positions, alpha_sel, tables, ids)
+
+    valid = positions >= 0
+    at = positions.clamp_min(0)
+    vals = proj[..., A * d_k:].float().unflatten(-1, (A, d_v))[torch.arange(B)[:, None, None], at]  # [B, C, k, A, d_v]
+    cross = torch.cat([t[i[torch.arange(B)[:, None, None], at]] for t, i in zip(tables, ids)], -1)  # [B, C, k, 13]
+    want_w, want_heads, want_ev = esu_pool(alpha_sel, vals, cross, w_v_cross, valid)
+    torch.testing.assert_close(weights, want_w, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(evidence, want_ev, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(esu_heads(heads_inh, pooled, w_v_cross), want_heads, rtol=1e-5, atol=1e-5)
+    assert torch.equal(weights[1, 3], torch.zeros(A, k)) and torch.equal(evidence[1, 3], torch.zeros(A))

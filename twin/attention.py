@@ -10,7 +10,6 @@ No score averaging: a behavior ranked high by any one head is kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
@@ -110,15 +109,12 @@ def masked_softmax(alpha: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(weights, nan=0.0)
 
 
-def esu_pool(alpha_sel: torch.Tensor, vals_inh: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
-             cross: torch.Tensor, w_v_cross: torch.Tensor, valid: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def esu_pool(alpha_sel: torch.Tensor, vals_inh: torch.Tensor, cross: torch.Tensor, w_v_cross: torch.Tensor,
+             valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ESU multi-head target attention over the k selected behaviors, values K W^v_a with the FULL K.
 
     alpha_sel [B, C, A, k]       relevance of the selected behaviors
-    vals_inh  [B, C, k, A, d_v]  inherent part K_h W^v_{h,a} (cached by the projector), or a function
-                                 weights [B, C, A, k] -> their weighted sum [B, C, A, d_v] (the CPU
-                                 serving path: a kernel that reads them from the cached projections)
+    vals_inh  [B, C, k, A, d_v]  inherent part K_h W^v_{h,a} (cached by the projector)
     cross     [B, C, k, cx]      cross-feature embeddings K_c of the selected behaviors
     w_v_cross [A*d_v, cx]        W^v_c (a Linear's weight)
     valid     [B, C, k]
@@ -126,16 +122,22 @@ def esu_pool(alpha_sel: torch.Tensor, vals_inh: torch.Tensor | Callable[[torch.T
             heads    [B, C, A*d_v] (concat of head_a),
             evidence [B, C, A] log-sum-exp of alpha per head (0 with nothing selected): the softmax
                      normaliser that the weighted average hides, i.e. how MUCH of the history matched.
-    The cross part of the values is linear, so it is pooled before it is projected:
-    sum_k w_ak (K_c,k W^v_c,a) = (sum_k w_ak K_c,k) W^v_c,a; that projects C*A rows instead of C*k.
+    (twin.kernels.esu does the weights, evidence and both pooled sums in one CPU pass; esu_heads
+    finishes from there.)
     """
     keep = valid[:, :, None, :]  # [B, C, 1, k]
     weights = masked_softmax(alpha_sel, keep)  # [B, C, A, k]
-    # [B, C, A, d_v]
-    heads = vals_inh(weights) if callable(vals_inh) else torch.einsum("bcak,bckad->bcad", weights, vals_inh)
+    heads_inh = torch.einsum("bcak,bckad->bcad", weights, vals_inh)  # [B, C, A, d_v]
     pooled = torch.einsum("bcak,bckx->bcax", weights, cross)  # [B, C, A, cx]
-    A, d_v = heads.shape[-2:]
-    heads = heads + torch.einsum("bcax,adx->bcad", pooled, w_v_cross.view(A, d_v, -1))
     evidence = torch.logsumexp(alpha_sel.masked_fill(~keep, NEG_INF), dim=-1)  # [B, C, A]
     evidence = evidence.masked_fill(~valid.any(-1, keepdim=True), 0.0)
-    return weights, heads.flatten(-2), evidence
+    return weights, esu_heads(heads_inh, pooled, w_v_cross), evidence
+
+
+def esu_heads(heads_inh: torch.Tensor, pooled_cross: torch.Tensor, w_v_cross: torch.Tensor) -> torch.Tensor:
+    """head_a = sum_k w_ak K_k W^v_a from its two parts: heads_inh [B, C, A, d_v] (the pooled inherent
+    values) and pooled_cross [B, C, A, cx] (sum_k w_ak K_c,k) -> [B, C, A*d_v].
+    The cross part of the values is linear, so it is pooled before it is projected:
+    sum_k w_ak (K_c,k W^v_c,a) = (sum_k w_ak K_c,k) W^v_c,a; that projects C*A rows instead of C*k."""
+    A, d_v = heads_inh.shape[-2:]
+    return (heads_inh + torch.einsum("bcax,adx->bcad", pooled_cross, w_v_cross.view(A, d_v, -1))).flatten(-2)

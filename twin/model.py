@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import kernels
-from .attention import attention_logits, cross_bias, esu_pool, masked_softmax, recent_topk, round_robin_select
+from .attention import attention_logits, cross_bias, esu_heads, esu_pool, masked_softmax, recent_topk, round_robin_select
 from .kernels.cpu_alpha import alpha_cpu
 from .kernels.torch_gsu import full_lse, gather_alpha
 from .config import TwinConfig
@@ -392,14 +392,16 @@ class TwinCTR(nn.Module):
     def finish(self, b: ServeBatch, g: GsuResult, explain: bool = False) -> ServeOutput:
         """ESU over the selected behaviors, short-term module and tower."""
         A, dk, dv = self.cfg.n_heads, self.cfg.d_k, self.cfg.d_v
-        if kernels.fused_applies(b.seq_proj, g.q_emb.dtype):  # the selected value rows read once, by a kernel
-            vals_inh = lambda w: kernels.pool_values(b.seq_proj, A * dk, dv, g.positions, w)  # noqa: E731
+        if kernels.fused_applies(b.seq_proj, g.q_emb.dtype):  # one compiled pass; selected rows read once
+            weights, heads_inh, pooled, evidence = kernels.esu(
+                b.seq_proj, A * dk, dv, g.positions, g.alpha_sel, [t.weight for t in self.cross_emb.tables], g.cross_ids)
+            heads = esu_heads(heads_inh, pooled, self.w_v_cross.weight)
         else:
             _, vals_all = self._split_proj(b.seq_proj)  # [B, L, A, d_v] view: only the selected rows are read
             vals_inh = _gather_seq(vals_all, g.positions).to(g.q_emb.dtype)  # [B, C, k, A, d_v]
-        cross_sel = self.cross_emb.parts([_gather_seq(i, g.positions) for i in g.cross_ids])  # J x [B, C, k, e]
-        weights, heads, evidence = esu_pool(g.alpha_sel, vals_inh, torch.cat(cross_sel, dim=-1), self.w_v_cross.weight,
-                                            g.valid)
+            cross_sel = self.cross_emb.parts([_gather_seq(i, g.positions) for i in g.cross_ids])  # J x [B, C, k, e]
+            weights, heads, evidence = esu_pool(g.alpha_sel, vals_inh, torch.cat(cross_sel, dim=-1),
+                                                self.w_v_cross.weight, g.valid)
         S = b.recent_items.shape[1]  # min(short_len, L)
         recent_cross = self.cross_emb.parts([i[:, :S] for i in g.cross_ids])
         recent = torch.cat([self.inherent_emb(b.recent_items), *recent_cross], dim=-1)  # [B, S, H+Cx]

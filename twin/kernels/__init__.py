@@ -4,7 +4,8 @@
 compiled kernel (`cpu_gsu`), anything else (CUDA, half precision) to the torch ops (`torch_gsu`). Both
 return the same positions, alpha at them and full-sequence log-sum-exp; tests pin them to each other
 and to a plain Python reference. `select_fused(proj, bias, queries, ...)` is the CPU serving path:
-alpha computed and ranked block by block from the cached projections, never written (`cpu_fused_gsu`).
+alpha computed and ranked block by block from the cached projections, never written (`cpu_fused_gsu`);
+`esu(...)` the CPU serving ESU up to its last projection (`cpu_esu`).
 """
 from __future__ import annotations
 
@@ -41,12 +42,17 @@ def select_fused(proj: torch.Tensor, bias: torch.Tensor, queries: torch.Tensor, 
     return select_fused_cpu(proj, bias, augment_queries(queries), lengths, k, want_lse)
 
 
-def pool_values(proj: torch.Tensor, col0: int, d_v: int, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The ESU's weighted sum of the inherent values read from the cached projections (cpu_esu):
-    proj [B, L, D], positions [B, C, k], weights [B, C, A, k] -> [B, C, A, d_v]."""
-    from twin.kernels.cpu_esu import pool_values_cpu
+def esu(proj: torch.Tensor, col0: int, d_v: int, positions: torch.Tensor, alpha_sel: torch.Tensor,
+        cross_tables: list[torch.Tensor], cross_ids: list[torch.Tensor]
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ESU's softmax, evidence and pooled sums in one CPU pass (cpu_esu): proj [B, L, D] (inherent
+    values from column col0), positions [B, C, k], alpha_sel [B, C, A, k], the J cross embedding tables
+    and the ids J x [B, L] -> weights [B, C, A, k], heads_inh [B, C, A, d_v], pooled_cross [B, C, A, cx],
+    evidence [B, C, A]."""
+    from twin.kernels.cpu_esu import cross_rows, esu_cpu
 
-    return pool_values_cpu(proj, col0, d_v, positions, weights)
+    rows, table = cross_rows(cross_tables, cross_ids)
+    return esu_cpu(proj, col0, d_v, positions, alpha_sel, rows, table)
 
 
 def compile_now() -> None:
@@ -57,4 +63,5 @@ def compile_now() -> None:
     cpu_gsu.compile_now()
     cpu_fused_gsu.compile_now()
     for proj in (torch.zeros(1, 10, 16, dtype=torch.float16), torch.zeros(1, 10, 16)):
-        pool_values(proj, 8, 2, torch.zeros(1, 2, 3, dtype=torch.int64), torch.zeros(1, 2, 4, 3))
+        esu(proj, 8, 2, torch.zeros(1, 2, 3, dtype=torch.int64), torch.zeros(1, 2, 4, 3), [torch.zeros(2, 3)],
+            [torch.zeros(1, 10, dtype=torch.int64)])

@@ -1,66 +1,133 @@
-"""The ESU's weighted sum of the inherent values, read straight from the cached projections.
+"""The ESU's softmax, evidence and pooled sums on the CPU in one pass over the selected behaviors,
+reading their inherent values straight from the cached projections.
 
-Contract (`pool_values_cpu`): proj [B, L, D] float16 (as the cache holds it) or float32, whose columns
-col0 + a d_v + (0..d_v-1) hold head a's inherent value K_h W^v_{h,a}; positions [B, C, k] int64 (-1 =
-none); weights [B, C, A, k] float32 -> [B, C, A, d_v] float32, sum_j weights[b, c, a, j] *
-proj[b, positions[b, c, j], col0 + a d_v + :], summed in j order (the einsum of `esu_pool` up to
-float32 rounding).
+Contract (`esu_cpu`), per user b, candidate c, head a, over the k selected positions (-1 = none):
+  proj      [B, L, D] float16 (as the cache holds it) or float32; head a's inherent value of behavior p
+            is proj[b, p, col0 + a d_v : col0 + (a+1) d_v] (K_h W^v_{h,a}, cached by the projector);
+  positions [B, C, k] int64;  alpha_sel [B, C, A, k] float32;
+  cross_ids [J, B, L] int64 row ids into cross_table [R, cx] float32: behavior p's cross embedding K_c
+            is sum_j cross_table[cross_ids[j, b, p]] (`cross_rows` builds both: feature j's table
+            sits in its own rows and columns, zeros elsewhere, so the sum is the concatenation);
+returns weights [B, C, A, k] (softmax of alpha over the valid positions, 0 elsewhere and for an empty
+row), heads_inh [B, C, A, d_v] = sum_k w K_h W^v_{h,a}, pooled_cross [B, C, A, cx] = sum_k w K_c, and
+evidence [B, C, A] = log sum_k exp(alpha) (0 for an empty row): what `twin.attention.esu_pool` computes
+before `esu_heads`, to float32 rounding (tests pin them).
 
-Why: done with torch ops, the gather, the float16 -> float32 conversion and the permutation that the
-einsum needs are three copies of [C, k, A, d_v] (2.5 MB at W1) and cost ~3 ms of a ~4.5 ms ESU stage
-on the dev box; this loop reads the selected rows once (W1: ~0.2 ms, `make bench` part "esu_kernel").
+Why: with torch ops the ESU of one W1 request is ~40 small ops (gathers, a float16 -> float32 copy,
+the permutation copy an einsum needs, masked softmax, two einsums, logsumexp): ~1.5-3 ms on the dev box,
+most of it copying [C, k, A, d_v]. Here each selected row is read once (`make bench` part esu_kernel).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 from numba import njit
 
 from twin.kernels import cpu_threads
+from twin.kernels.cpu_gsu import _exp_small
 from twin.kernels.simd import to_f32
 
 MIN_ROWS_PER_THREAD = 32
+NEG_INF = np.float32(-np.inf)
 
 
 @njit(nogil=True, cache=True)
-def _pool_rows(x, col0, dv, positions, weights, lo, hi, out):
-    """Rows lo..hi-1 of the flattened (b, c). Each selected row is converted once into a float32 buffer
-    and accumulated with the heads' weights spread over its lanes: flat loops over A d_v that
-    vectorise (measured at W1: 0.64 -> 0.17 ms against a loop per head and coordinate)."""
-    B, C, A, k = weights.shape
+def _esu_rows(x, col0, dv, positions, alpha_sel, cross_ids, cross_table, lo, hi, weights, heads, pooled, evidence):
+    """Rows lo..hi-1 of the flattened (b, c). Each selected row is converted once into a float32
+    buffer and accumulated with the heads' weights spread over its lanes: flat loops that vectorise."""
+    B, C, A, k = alpha_sel.shape
+    J, cx = cross_ids.shape[0], cross_table.shape[1]
     W = A * dv
-    vals = np.empty(W, np.float32)  # one selected row's values, all heads
-    wts = np.empty(W, np.float32)   # its weight per head, repeated over that head's d_v lanes
+    vals = np.empty(W, np.float32)   # one selected row's inherent values, all heads
+    wts = np.empty(W, np.float32)    # its weight per head, repeated over that head's d_v lanes
     acc = np.empty(W, np.float32)
+    emb = np.empty(cx, np.float32)   # its cross embedding
+    acc_x = np.empty(A * cx, np.float32)
     for r in range(lo, hi):
         b, c = r // C, r % C
+        pos = positions[b, c]
+        for a in range(A):  # softmax over the valid positions, and its log normaliser
+            al, w = alpha_sel[b, c, a], weights[b, c, a]
+            mx = NEG_INF
+            for j in range(k):
+                if pos[j] >= 0 and al[j] > mx:
+                    mx = al[j]
+            if mx == NEG_INF:
+                w[:] = 0.0
+                evidence[b, c, a] = 0.0
+                continue
+            total = np.float32(0.0)
+            for j in range(k):  # branch-free, so that it vectorises; exp to ~1 ulp (cpu_gsu._exp_small)
+                e = _exp_small(al[j] - mx) * np.float32(pos[j] >= 0)
+                w[j] = e
+                total += e
+            inv = np.float32(1.0) / total
+            for j in range(k):
+                w[j] = w[j] * inv
+            evidence[b, c, a] = mx + np.float32(math.log(total))
         acc[:] = 0.0
+        acc_x[:] = 0.0
         for j in range(k):
-            p = positions[b, c, j]
+            p = pos[j]
             if p < 0:
                 continue
             row = x[b, p, col0:col0 + W]
             for i in range(W):
                 vals[i] = to_f32(row[i])
+            emb[:] = 0.0
+            for f in range(J):  # direct indexing: a view per row would cost an atomic refcount pair
+                rid = cross_ids[f, b, p]
+                for i in range(cx):
+                    emb[i] += cross_table[rid, i]
             for a in range(A):
-                w = weights[b, c, a, j]
+                wa = weights[b, c, a, j]
                 for d in range(dv):
-                    wts[a * dv + d] = w
+                    wts[a * dv + d] = wa
+                for i in range(cx):
+                    acc_x[a * cx + i] += wa * emb[i]
             for i in range(W):
                 acc[i] += wts[i] * vals[i]
         for a in range(A):
+            for i in range(cx):
+                pooled[b, c, a, i] = acc_x[a * cx + i]
+        for a in range(A):
             for d in range(dv):
-                out[b, c, a, d] = acc[a * dv + d]
+                heads[b, c, a, d] = acc[a * dv + d]
 
 
-def pool_values_cpu(proj: torch.Tensor, col0: int, d_v: int, positions: torch.Tensor, weights: torch.Tensor
-                    ) -> torch.Tensor:
+def cross_rows(tables: list[torch.Tensor], ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """J embedding tables [V_j, e_j] and their ids J x [B, L] -> (row ids [J, B, L] into one table,
+    that table [sum V_j, sum e_j]: feature j's rows hold its embedding in its own columns, zeros
+    elsewhere)."""
+    V = [t.shape[0] for t in tables]
+    E = [t.shape[1] for t in tables]
+    table = torch.zeros(sum(V), sum(E), dtype=torch.float32)
+    r0 = c0 = 0
+    rows = []
+    for t, i, v, e in zip(tables, ids, V, E):
+        table[r0:r0 + v, c0:c0 + e] = t.detach()
+        rows.append(i + r0)
+        r0, c0 = r0 + v, c0 + e
+    return torch.stack(rows), table
+
+
+def esu_cpu(proj: torch.Tensor, col0: int, d_v: int, positions: torch.Tensor, alpha_sel: torch.Tensor,
+            cross_ids: torch.Tensor, cross_table: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """See the module docstring. The (b, c) rows are split over twin.kernels.cpu_threads."""
-    B, C, A, k = weights.shape
-    proj = proj.contiguous()
+    B, C, A, k = alpha_sel.shape
+    proj = proj.detach().contiguous()
     x = (proj.view(torch.int16) if proj.dtype == torch.float16 else proj.float()).numpy()
     pos = positions.contiguous().numpy()
-    w = weights.to(torch.float32).contiguous().numpy()
-    out = np.empty((B, C, A, d_v), np.float32)
-    cpu_threads.split(B * C, MIN_ROWS_PER_THREAD, lambda lo, hi: _pool_rows(x, col0, d_v, pos, w, lo, hi, out))
-    return torch.from_numpy(out)
+    al = alpha_sel.detach().to(torch.float32).contiguous().numpy()
+    ids = cross_ids.contiguous().numpy()
+    table = cross_table.detach().to(torch.float32).contiguous().numpy()
+    weights = np.empty((B, C, A, k), np.float32)
+    heads = np.empty((B, C, A, d_v), np.float32)
+    pooled = np.empty((B, C, A, table.shape[1]), np.float32)
+    evidence = np.empty((B, C, A), np.float32)
+    cpu_threads.split(B * C, MIN_ROWS_PER_THREAD, lambda lo, hi: _esu_rows(
+        x, col0, d_v, pos, al, ids, table, lo, hi, weights, heads, pooled, evidence))
+    return tuple(torch.from_numpy(a) for a in (weights, heads, pooled, evidence))  # type: ignore[return-value]

@@ -274,10 +274,10 @@ def select_fused_cpu(proj: torch.Tensor, bias: torch.Tensor, queries_aug: torch.
     """See the module docstring. The (b, c) rows are split over twin.kernels.cpu_threads."""
     B, L, _ = proj.shape
     C, A = queries_aug.shape[1], queries_aug.shape[2]
-    proj = proj.contiguous()
+    proj = proj.detach().contiguous()
     x = (proj.view(torch.int16) if proj.dtype == torch.float16 else proj.float()).numpy()
-    bb = bias.to(torch.float32).contiguous().numpy()
-    qa = queries_aug.contiguous().numpy()
+    bb = bias.detach().to(torch.float32).contiguous().numpy()
+    qa = queries_aug.detach().contiguous().numpy()
     n = lengths.to(torch.int64).contiguous().numpy()
     positions = np.empty((B, C, k), np.int64)
     alpha_sel = np.empty((B, C, A, k), np.float32)
