@@ -1,9 +1,10 @@
 """Keep freed heap memory in the process instead of handing it back to the kernel (glibc only).
 
-A W1 request allocates and frees tens of MB of short-lived numpy/torch temporaries (alpha is 16 MB,
-the top-k's order keys several MB). glibc serves blocks that large with fresh mmap()s, or trims the
-heap top after a free, so every request faults the same pages in again: measured ~4,000 minor page
-faults and 2-10x slower elementwise ops in the GSU (`_order_key` 24 ms -> 2 ms on the dev box).
+A request allocates and frees MBs of short-lived numpy/torch temporaries (the fused GSU's key blocks
+and survivors, the cross features of all L; 16 MB more at W1 where alpha is materialised). glibc
+serves blocks that large with fresh mmap()s, or trims the heap top after a free, so every request
+faults the same pages in again: measured, when alpha was materialised, ~4,000 minor page faults and
+2-10x slower elementwise ops in the GSU (`_order_key` 24 ms -> 2 ms on the dev box).
 Raising the mmap threshold and the trim threshold makes the heap keep and reuse that memory; the cost
 is that RSS stays at its high-water mark (bounded by the largest batch) instead of shrinking between
 bursts. Same effect as MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ in the environment, applied at
@@ -19,7 +20,10 @@ log = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-# glibc refuses mmap thresholds above HEAP_MAX_SIZE / 2 (32 MiB on 64-bit); blocks above it still mmap.
+# 32 MiB: mallopt(3) documents it as the 64-bit maximum (DEFAULT_MMAP_THRESHOLD_MAX); the glibc of the
+# dev box accepted 1 GiB at run time too (checked 2026-12-02), but nothing on the CPU serving path
+# allocates more than a few MB per request since alpha is no longer materialised (twin.kernels.
+# cpu_fused_gsu), so the documented bound is kept. Blocks above it still mmap.
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 
 

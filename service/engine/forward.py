@@ -72,8 +72,10 @@ def collate(slot: ModelSlot, items: list[ScoreInputs]) -> ServeBatch:
 
 
 def alpha_scratch(slot: ModelSlot, batch: ServeBatch) -> torch.Tensor | None:
-    """CPU: the calling thread's reusable buffer for alpha [B, A, Cb, Lb] (16 MB per W1 request), grown
-    on demand; one per thread because a batch's requests may run on several (run_batch). Without it
+    """CPU, when the model materialises alpha (not the fused TWIN path: model.selects_without_alpha; the
+    recent-k baseline still does): the calling thread's reusable buffer for alpha [B, A, Cb, Lb] (16 MB
+    per W1 request), grown on demand; one per thread because a batch's requests may run on several
+    (run_batch). Without it
     glibc maps fresh pages for an allocation that size on every batch (~4,300 page faults per W1
     request, 10 ms of CPU) unless service.malloc_tuning keeps freed memory, and even then for a batch
     whose alpha passes its 32 MB mmap threshold. Accelerators: None (their caching allocators reuse

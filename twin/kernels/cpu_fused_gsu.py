@@ -1,12 +1,16 @@
 """alpha and CP-GSU in one compiled pass over the keys: alpha is computed a chunk of behaviors at a
 time into a buffer that stays in the L1 cache, filtered there, and never written in full.
 
-Why: with alpha materialised ([B, A, C, L] float32: 16 MB at W1, 160 MB at W2), writing it and
-reading it back is most of a CPU forward (bench parts floor_a / floor_b). Here each alpha value
-lives in a register or the L1 cache for a few cycles, so the cost is the arithmetic of the dot
-products (A * C * L * (d_k + 1) multiply-adds) plus the selection of the few values that pass a
-running threshold. Measured figures: `make bench` (part "twin", and "kernel_fused" beside the
-materialising kernel); docs/benchmarks.md.
+Why: materialised, alpha ([B, A, C, L] float32) is 16 MB at W1 and 160 MB at W2: written by the
+GEMM, read back by the selection, and held as a per-thread scratch buffer. Here each alpha value
+lives in the L1 cache for a few cycles, so the cost is the arithmetic of the dot products
+(A * C * L * (d_k + 1) multiply-adds), the float16 -> float32 conversion of the keys, and the
+selection of the few values that pass a running threshold. Measured by `make bench` (parts gsu_fused
+and gsu_materialised: the GEMM into a scratch buffer + `cpu_gsu`, the path this replaced), 2-core
+dev box, 2026-12-02 16:28 UTC: W1 4.15 vs 4.72 ms p50, W2 21.5 vs 44.2 ms, W3 14.7 vs 17.9 ms;
+docs/benchmarks.md. At W1 the arithmetic is about 40% of the kernel on one core (2.2 of ~5.5 ms:
+numba's vectorised mul + add, two queries per pass over the keys), the first block's ranking ~20%,
+the union ~20%.
 
 Contract (`select_fused_cpu`):
   proj        [B, L, D] the cached projections (float16 as the cache holds them, or float32); the
