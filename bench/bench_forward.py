@@ -242,7 +242,7 @@ def kernel_parts(w: World, u: int, with_torch: bool) -> dict[str, Callable[[], o
                 "kernel_torch_lse": lambda: (select_torch(alpha, K, True), sync(w.device))}
     with torch.inference_mode():
         ids = cross_ids(m.cfg.schema, b.seq_cross, b.seq_ts, b.now)
-        bias_m = m._serve_cross_bias(ids).masked_fill(~b.seq_mask[:, :, None], float("-inf")).transpose(1, 2)
+        bias_tables = m._cross_bias_tables()
         g = m.select(b)
         tables = [t.weight for t in m.cross_emb.tables]
     scratch = torch.empty(alpha.numel())
@@ -255,7 +255,7 @@ def kernel_parts(w: World, u: int, with_torch: bool) -> dict[str, Callable[[], o
     parts = {"read_pass": lambda: cpu_threads.split(alpha.shape[1], 1, lambda lo, hi: alpha[:, lo:hi].amax(-1)),
              "kernel_cpu": lambda: select_cpu(alpha, lengths, K, False),
              "kernel_cpu_lse": lambda: select_cpu(alpha, lengths, K, True),
-             "gsu_fused": lambda: kernels.select_fused(b.seq_proj, bias_m, q, lengths, K, False),
+             "gsu_fused": lambda: kernels.select_fused(b.seq_proj, bias_tables, ids, b.seq_mask, q, lengths, K, False),
              "gsu_materialised": materialised,
              "esu_kernel": lambda: kernels.esu(b.seq_proj, A * dk, dv, g.positions, g.alpha_sel, tables, g.cross_ids)}
     if with_torch:

@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads of the inference thread; unset -> half the cores.")
     parallel_threads: int | None = Field(
         None, ge=1, le=256, description="CPU: plain threads (not OpenMP) one batch is spread over: a batch's "
-        "requests run side by side, a lone request splits its top-k rows; unset -> every core. Ignored on CUDA.",
+        "requests run side by side, a lone request splits its CP-GSU and ESU kernels by candidates; unset -> every "
+        "core. Ignored on CUDA.",
     )
     malloc_keep_mb: int = Field(
         512, ge=0, le=2047, description="glibc only: freed heap memory kept for reuse instead of returned to the "

@@ -150,24 +150,26 @@ def test_alpha_with_the_bias_in_the_gemm_equals_attention_logits(d_k):
 
 
 def fused_inputs(kind: str, B: int, L: int, C: int, A: int = 4, d_k: int = 16, seed: int = 0, half: bool = True):
-    """proj [B, L, D] (keys = first A*d_k columns), bias [B, A, L], augmented queries for the fused kernel."""
+    """The fused kernel's inputs: proj [B, L, D] (keys = first A*d_k columns), the cross bias as table
+    rows [J, B, L] + table [R, A], seq_mask [B, L] (all True), augmented queries."""
     from twin.kernels.cpu_fused_gsu import augment_queries
 
     g = torch.Generator().manual_seed(seed)
-    D = A * d_k * 2
-    proj = torch.randn(B, L, D, generator=g)
-    bias = torch.randn(B, A, L, generator=g) * 0.3
+    proj = torch.randn(B, L, A * d_k * 2, generator=g)
+    rows = torch.stack([torch.randint(0, 7, (B, L), generator=g), 7 + torch.randint(0, 3, (B, L), generator=g)])
+    table = torch.randn(10, A, generator=g) * 0.3
     if kind == "repeats":  # a user who replays a handful of items: rows (and so alpha) repeat exactly
-        rows = torch.randint(0, 5, (B, L), generator=g)
-        proj = proj[torch.arange(B)[:, None], rows]
-        bias = bias.gather(2, rows[:, None, :].expand(B, A, L))
+        pick = torch.randint(0, 5, (B, L), generator=g)
+        proj = proj[torch.arange(B)[:, None], pick]
+        rows = rows.gather(2, pick[None].expand(2, B, L))
     elif kind == "rising":  # older behaviors score higher: every block beats the threshold (quickselects)
-        bias = bias + torch.arange(L) * 0.01
+        rows = torch.arange(L).expand(1, B, L).contiguous()
+        table = (torch.arange(L) * 0.01)[:, None].expand(L, A) + torch.randn(L, A, generator=g) * 0.3
     elif kind == "bias_only":  # zero keys: alpha is the bias alone, 3 distinct values
         proj[..., :A * d_k] = 0.0
-        bias = torch.randint(0, 3, (B, A, L), generator=g).float()
+        rows, table = rows[1:], torch.randint(0, 3, (10, A), generator=g).float()
     q = augment_queries(torch.randn(B, C, A, d_k, generator=g))
-    return (proj.half() if half else proj), bias, q
+    return (proj.half() if half else proj), rows, table, torch.ones(B, L, dtype=torch.bool), q
 
 
 @pytest.mark.parametrize("kind", ["continuous", "repeats", "bias_only", "rising"])
@@ -178,25 +180,25 @@ def test_fused_kernel_selects_what_the_materialising_kernel_selects_on_its_alpha
     same alpha bits, the same log-sum-exp to float32 rounding."""
     from twin.kernels.cpu_fused_gsu import alpha_reference, select_fused_cpu
 
-    proj, bias, q = fused_inputs(kind, 2, L, C, seed=L + C)
-    bias[1, :, L // 2:] = NEG  # user 1 is padded ...
-    bias[0, :, 7::5] = NEG  # ... and user 0 has holes inside its prefix
+    proj, rows, table, mask, q = fused_inputs(kind, 2, L, C, seed=L + C)
+    mask[1, L // 2:] = False  # user 1 is padded ...
+    mask[0, 7::5] = False  # ... and user 0 has holes inside its prefix
     lengths = torch.tensor([L, max(1, L // 2)])
-    got = select_fused_cpu(proj, bias, q, lengths, k, True)
-    want = select_cpu(alpha_reference(proj, bias, q), lengths, k, True)
+    got = select_fused_cpu(proj, rows, table, mask, q, lengths, k, True)
+    want = select_cpu(alpha_reference(proj, rows, table, mask, q), lengths, k, True)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-6)
-    no_lse = select_fused_cpu(proj, bias, q, lengths, k, False)
+    no_lse = select_fused_cpu(proj, rows, table, mask, q, lengths, k, False)
     assert torch.equal(no_lse[0], got[0]) and no_lse[2] is None
 
 
 def test_fused_kernel_takes_float32_projections_and_equals_the_reference():
     from twin.kernels.cpu_fused_gsu import alpha_reference, select_fused_cpu
 
-    proj, bias, q = fused_inputs("continuous", 1, 6_000, 4, half=False)
+    proj, rows, table, mask, q = fused_inputs("continuous", 1, 6_000, 4, half=False)
     lengths = torch.tensor([6_000])
-    got = select_fused_cpu(proj, bias, q, lengths, 50, False)
-    want = select_cpu(alpha_reference(proj, bias, q), lengths, 50, False)
+    got = select_fused_cpu(proj, rows, table, mask, q, lengths, 50, False)
+    want = select_cpu(alpha_reference(proj, rows, table, mask, q), lengths, 50, False)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
@@ -204,26 +206,25 @@ def test_fused_kernel_alpha_is_attention_logits_to_float32_rounding():
     from twin.attention import attention_logits
     from twin.kernels.cpu_fused_gsu import alpha_reference, augment_queries
 
-    g = torch.Generator().manual_seed(5)
-    B, L, A, d_k, C = 2, 700, 4, 16, 9
-    proj = torch.randn(B, L, A * d_k * 2, generator=g).half()
-    queries = torch.randn(B, C, A, d_k, generator=g)
-    bias = torch.randn(B, A, L, generator=g)
-    keys = proj[..., :A * d_k].float().unflatten(-1, (A, d_k))
+    proj, rows, table, mask, _ = fused_inputs("continuous", 2, 700, 9, seed=5)
+    queries = torch.randn(2, 9, 4, 16, generator=torch.Generator().manual_seed(6))
+    keys = proj[..., :64].float().unflatten(-1, (4, 16))
+    bias = (table[rows[0]] + table[rows[1]]).permute(0, 2, 1)  # [B, A, L]
     want = attention_logits(keys.transpose(1, 2), queries.transpose(1, 2), bias[:, :, None, :])
-    torch.testing.assert_close(alpha_reference(proj, bias, augment_queries(queries)), want, rtol=1e-6, atol=1e-6)
+    got = alpha_reference(proj, rows, table, mask, augment_queries(queries))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("threads", [2, 3])
 def test_fused_kernel_split_over_threads_gives_the_serial_result(threads):
     from twin.kernels.cpu_fused_gsu import select_fused_cpu
 
-    proj, bias, q = fused_inputs("repeats", 2, 5_000, 40, seed=2)
+    proj, rows, table, mask, q = fused_inputs("repeats", 2, 5_000, 40, seed=2)
     lengths = torch.tensor([5_000, 3_100])
-    serial = select_fused_cpu(proj, bias, q, lengths, 100, True)
+    serial = select_fused_cpu(proj, rows, table, mask, q, lengths, 100, True)
     cpu_threads.set_cpu_threads(threads)
     try:
-        split = select_fused_cpu(proj, bias, q, lengths, 100, True)
+        split = select_fused_cpu(proj, rows, table, mask, q, lengths, 100, True)
     finally:
         cpu_threads.set_cpu_threads(1)
     for s, p in zip(serial, split):

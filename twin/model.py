@@ -107,7 +107,6 @@ class GsuResult:
     positions: torch.Tensor  # [B, C, k]
     valid: torch.Tensor      # [B, C, k]
     alpha_sel: torch.Tensor  # [B, C, A, k] alpha at the selected positions
-    bias_sel: torch.Tensor   # [B, C, A, k] cross bias at the selected positions
     q_emb: torch.Tensor      # [B, C, H] candidate inherent embeddings (reused by the tower)
     cross_ids: list[torch.Tensor]  # J tensors [B, L] int64: the cross feature ids of every behavior
     # [B, C, A] log-sum-exp of alpha over the FULL valid sequence (0 if none): how much of the history
@@ -119,8 +118,8 @@ class GsuResult:
         if (lo, hi) == (0, self.positions.shape[1]):
             return self
         c = slice(lo, hi)
-        return GsuResult(self.positions[:, c], self.valid[:, c], self.alpha_sel[:, c], self.bias_sel[:, c],
-                         self.q_emb[:, c], self.cross_ids, None if self.lse_full is None else self.lse_full[:, c])
+        return GsuResult(self.positions[:, c], self.valid[:, c], self.alpha_sel[:, c], self.q_emb[:, c],
+                         self.cross_ids, None if self.lse_full is None else self.lse_full[:, c])
 
 
 def _gather_seq(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -207,19 +206,27 @@ class TwinCTR(nn.Module):
             bias = torch.zeros_like(bias)
         return parts, bias
 
-    def _serve_cross_bias(self, ids: list[torch.Tensor]) -> torch.Tensor:
-        """The cross bias of _cross from the ids alone, for inference: b_a(l) = sum_j T_j[id_j(l), a] with
-        T_j = beta_j (E_j w^c_j^T) [vocab_j, A], one row per id instead of one embedding and product per
-        behavior (cross vocabularies are buckets: tens of rows). Equal to _cross's bias up to float32
-        rounding (the same products, summed by another GEMM kernel). ids J x [B, n] -> [B, n, A]."""
-        out, start = None, 0
-        for j, (table, i) in enumerate(zip(self.cross_emb.tables, ids)):
+    def _cross_bias_tables(self) -> list[torch.Tensor]:
+        """The cross bias of _cross as one table per cross feature, for inference: T_j = beta_j (E_j
+        w^c_j^T) [vocab_j, A], so that b_a(l) = sum_j T_j[id_j(l), a]: one row per id instead of one
+        embedding and product per behavior (cross vocabularies are buckets: tens of rows). Equal to
+        _cross's bias up to float32 rounding (the same products, by another GEMM kernel)."""
+        out, start = [], 0
+        for j, table in enumerate(self.cross_emb.tables):
             e = table.weight.shape[1]
             t = (table.weight @ self.w_c[:, start:start + e].T) * self.beta[:, j]  # [vocab_j, A]
+            out.append(t if self.cfg.cross_bias else torch.zeros_like(t))
+            start += e
+        return out
+
+    @staticmethod
+    def _bias_from_tables(tables: list[torch.Tensor], ids: list[torch.Tensor]) -> torch.Tensor:
+        """tables J x [V_j, A], ids J x [...] -> [..., A]: the J rows summed in order (as the kernel sums them)."""
+        out = None
+        for t, i in zip(tables, ids):
             term = t.index_select(0, i.reshape(-1)).view(*i.shape, -1)
             out = term if out is None else out + term
-            start += e
-        return out if self.cfg.cross_bias else torch.zeros_like(out)
+        return out
 
     def _full_alpha(self, keys: torch.Tensor, queries: torch.Tensor, bias: torch.Tensor, seq_mask: torch.Tensor,
                     scratch: torch.Tensor | None = None) -> torch.Tensor:
@@ -368,20 +375,18 @@ class TwinCTR(nn.Module):
         (_full_alpha; scratch: an optional reusable CPU buffer for it, see there) and then ranked."""
         q_emb, queries = self._queries(b.cand)  # [B, C, H], [B, C, A, d_k]
         ids = cross_ids(self.cfg.schema, b.seq_cross, b.seq_ts, b.now)  # J x [B, L]
-        bias = self._serve_cross_bias(ids)  # [B, L, A]
+        tables = self._cross_bias_tables()  # J x [V_j, A]
         lse = None
-        if self.selects_without_alpha(b, queries.dtype):
-            lengths = self._lengths(b.seq_mask)
-            bias_m = bias.masked_fill(~b.seq_mask[:, :, None], float("-inf")).transpose(1, 2)  # [B, A, L]
-            positions, alpha_sel, lse = kernels.select_fused(b.seq_proj, bias_m, queries, lengths,
-                                                             self.cfg.top_k, self.cfg.full_lse)
+        if self.selects_without_alpha(b, queries.dtype):  # the bias is summed inside the kernel
+            positions, alpha_sel, lse = kernels.select_fused(b.seq_proj, tables, ids, b.seq_mask, queries,
+                                                             self._lengths(b.seq_mask), self.cfg.top_k, self.cfg.full_lse)
             valid = positions >= 0
         else:
+            bias = self._bias_from_tables(tables, ids)  # [B, L, A]
             keys, _ = self._split_proj(b.seq_proj)  # [B, L, A, d_k] view; only this half is converted
             alpha = self._full_alpha(keys, queries, bias, b.seq_mask, scratch)  # [B, A, C, L]
             positions, valid, alpha_sel, lse = self._gsu(alpha, b.seq_mask, self.cfg.full_lse)
-        bias_sel = _gather_seq(bias, positions).permute(0, 1, 3, 2)  # [B, C, A, k]
-        return GsuResult(positions, valid, alpha_sel, bias_sel, q_emb, ids, lse)
+        return GsuResult(positions, valid, alpha_sel, q_emb, ids, lse)
 
     def selects_without_alpha(self, b: ServeBatch, query_dtype: torch.dtype | None = None) -> bool:
         """Whether select() runs the fused CPU kernel on these inputs (no alpha buffer needed): CPU,
@@ -412,8 +417,10 @@ class TwinCTR(nn.Module):
         ex = None
         if explain:  # the projection term is alpha minus the bias; 0 where nothing was selected
             keep = g.valid[:, :, None, :]
-            ex = Explain(g.positions, weights, (g.alpha_sel - g.bias_sel).masked_fill(~keep, 0.0),
-                         g.bias_sel.masked_fill(~keep, 0.0))
+            bias_sel = self._bias_from_tables(self._cross_bias_tables(), [_gather_seq(i, g.positions) for i in g.cross_ids])
+            bias_sel = bias_sel.permute(0, 1, 3, 2)  # [B, C, A, k], the very numbers alpha added
+            ex = Explain(g.positions, weights, (g.alpha_sel - bias_sel).masked_fill(~keep, 0.0),
+                         bias_sel.masked_fill(~keep, 0.0))
         return ServeOutput(torch.sigmoid(logits), logits, ex)
 
     def score(self, b: ServeBatch, explain: bool = False) -> ServeOutput:

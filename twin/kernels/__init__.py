@@ -32,14 +32,18 @@ def fused_applies(proj: torch.Tensor, query_dtype: torch.dtype) -> bool:
             and proj.dtype in (torch.float16, torch.float32))
 
 
-def select_fused(proj: torch.Tensor, bias: torch.Tensor, queries: torch.Tensor, lengths: torch.Tensor, k: int,
-                 want_lse: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """alpha and the selection in one compiled CPU pass that never writes alpha (cpu_fused_gsu):
-    proj [B, L, D] cached projections (keys = the first A*d_k columns), bias [B, A, L] (-inf at
-    padding), queries [B, C, A, d_k], lengths [B] -> as select()."""
+def select_fused(proj: torch.Tensor, bias_tables: list[torch.Tensor], cross_ids: list[torch.Tensor],
+                 seq_mask: torch.Tensor, queries: torch.Tensor, lengths: torch.Tensor, k: int, want_lse: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """alpha and the selection in one compiled CPU pass that never writes alpha (cpu_fused_gsu), the
+    cross bias summed inside it from per-feature tables: proj [B, L, D] cached projections (keys = the
+    first A*d_k columns), bias_tables J x [V_j, A], cross_ids J x [B, L], seq_mask [B, L],
+    queries [B, C, A, d_k], lengths [B] -> as select()."""
     from twin.kernels.cpu_fused_gsu import augment_queries, select_fused_cpu
+    from twin.kernels.tables import stack_tables
 
-    return select_fused_cpu(proj, bias, augment_queries(queries), lengths, k, want_lse)
+    rows, table = stack_tables(bias_tables, cross_ids, side_by_side=False)
+    return select_fused_cpu(proj, rows, table, seq_mask, augment_queries(queries), lengths, k, want_lse)
 
 
 def esu(proj: torch.Tensor, col0: int, d_v: int, positions: torch.Tensor, alpha_sel: torch.Tensor,
@@ -49,9 +53,10 @@ def esu(proj: torch.Tensor, col0: int, d_v: int, positions: torch.Tensor, alpha_
     values from column col0), positions [B, C, k], alpha_sel [B, C, A, k], the J cross embedding tables
     and the ids J x [B, L] -> weights [B, C, A, k], heads_inh [B, C, A, d_v], pooled_cross [B, C, A, cx],
     evidence [B, C, A]."""
-    from twin.kernels.cpu_esu import cross_rows, esu_cpu
+    from twin.kernels.cpu_esu import esu_cpu
+    from twin.kernels.tables import stack_tables
 
-    rows, table = cross_rows(cross_tables, cross_ids)
+    rows, table = stack_tables(cross_tables, cross_ids, side_by_side=True)
     return esu_cpu(proj, col0, d_v, positions, alpha_sel, rows, table)
 
 

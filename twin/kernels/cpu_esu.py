@@ -6,8 +6,8 @@ Contract (`esu_cpu`), per user b, candidate c, head a, over the k selected posit
             is proj[b, p, col0 + a d_v : col0 + (a+1) d_v] (K_h W^v_{h,a}, cached by the projector);
   positions [B, C, k] int64;  alpha_sel [B, C, A, k] float32;
   cross_ids [J, B, L] int64 row ids into cross_table [R, cx] float32: behavior p's cross embedding K_c
-            is sum_j cross_table[cross_ids[j, b, p]] (`cross_rows` builds both: feature j's table
-            sits in its own rows and columns, zeros elsewhere, so the sum is the concatenation);
+            is sum_j cross_table[cross_ids[j, b, p]] (`twin.kernels.tables.stack_tables` builds both:
+            feature j's table sits in its own rows and columns, so the sum is the concatenation);
 returns weights [B, C, A, k] (softmax of alpha over the valid positions, 0 elsewhere and for an empty
 row), heads_inh [B, C, A, d_v] = sum_k w K_h W^v_{h,a}, pooled_cross [B, C, A, cx] = sum_k w K_c, and
 evidence [B, C, A] = log sum_k exp(alpha) (0 for an empty row): what `twin.attention.esu_pool` computes
@@ -96,22 +96,6 @@ def _esu_rows(x, col0, dv, positions, alpha_sel, cross_ids, cross_table, lo, hi,
         for a in range(A):
             for d in range(dv):
                 heads[b, c, a, d] = acc[a * dv + d]
-
-
-def cross_rows(tables: list[torch.Tensor], ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """J embedding tables [V_j, e_j] and their ids J x [B, L] -> (row ids [J, B, L] into one table,
-    that table [sum V_j, sum e_j]: feature j's rows hold its embedding in its own columns, zeros
-    elsewhere)."""
-    V = [t.shape[0] for t in tables]
-    E = [t.shape[1] for t in tables]
-    table = torch.zeros(sum(V), sum(E), dtype=torch.float32)
-    r0 = c0 = 0
-    rows = []
-    for t, i, v, e in zip(tables, ids, V, E):
-        table[r0:r0 + v, c0:c0 + e] = t.detach()
-        rows.append(i + r0)
-        r0, c0 = r0 + v, c0 + e
-    return torch.stack(rows), table
 
 
 def esu_cpu(proj: torch.Tensor, col0: int, d_v: int, positions: torch.Tensor, alpha_sel: torch.Tensor,

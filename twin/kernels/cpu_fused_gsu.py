@@ -15,21 +15,25 @@ the union ~20%.
 Contract (`select_fused_cpu`):
   proj        [B, L, D] the cached projections (float16 as the cache holds them, or float32); the
               first A * d_k columns are the keys P_a of the heads, head-major (`TwinCTR._split_proj`).
-  bias        [B, A, L] float32 cross bias b_a, -inf at padding.
+  bias_rows   [J, B, L] int64 and bias_table [R, A] float32: the cross bias of behavior l for head a
+              is b_a(l) = sum_j bias_table[bias_rows[j, b, l], a], summed in j order (each cross feature
+              j contributes one table row; `TwinCTR._cross_bias_tables`, `twin.kernels.tables`);
+  seq_mask    [B, L] bool: False = padding (alpha -inf there, never selected).
   queries_aug [B, C, A, d_k + 1] float32: the queries scaled by 1/sqrt(d_k), then 1.0 (the bias's
               coefficient): `augment_queries`.
   lengths     [B] int64: behaviors at positions >= lengths[b] are never read.
 returns what `twin.kernels.cpu_gsu.select_cpu` returns for alpha = `alpha_reference(...)` of the same
 inputs: positions [B, C, k], alpha_sel [B, C, A, k], lse [B, C, A] or None. That alpha is, per entry,
     ((((0 + q_0 P_0) + q_1 P_1) + ...) + q_{d_k-1} P_{d_k-1}) + 1 * bias
-in float32 with every product and sum rounded in that order (no fused multiply-add), the numbers
-numpy computes term by term; it is alpha of `twin.attention.attention_logits` up to float32 rounding
+in float32 with every product and sum rounded in that order (no fused multiply-add), -inf where
+seq_mask is False: the numbers numpy computes term by term; it is alpha of `twin.attention.attention_logits` up to float32 rounding
 (~1 ulp: the BLAS GEMM sums in another order). Tests pin the kernel to `select_cpu(alpha_reference())`
 exactly, on random, tied and short inputs.
 
 Per user, block by block of behaviors in position order: the block's keys are converted to float32
 and transposed into a buffer that stays in the L2 cache ([A, d_k + 1, block]: one head's coordinate
-contiguous over behaviors, the bias as the last row); then for every head and candidate of the slice:
+contiguous over behaviors, the cross bias, summed from its table rows, as the last row); then for
+every head and candidate of the slice:
  1. alpha of the block into an L1 buffer (the loop vectorises over behaviors);
  2. the first FIRST behaviors are ranked as `cpu_gsu` ranks a whole row (group maxima, a threshold,
     one compare pass), and the row's threshold t becomes their exact kk-th value;
@@ -62,12 +66,14 @@ FIRST = 4096  # the first behaviors of a row, ranked as cpu_gsu ranks a whole ro
 
 
 @njit(inline="always")
-def _load_rows(x, bias, A, dk, idx, o, n, kbuf):
-    """kbuf[a, d, i] = float32(x[r_i, a d_k + d]) for d < d_k and kbuf[a, d_k, i] = bias[a, r_i], i < n,
-    with r_i = o + i (idx None) or idx[i]. x [L, D] float16 bits (int16) or float32. Converted TILE rows
-    at a time into a small buffer, then written out by columns, so that the reads and the writes both
-    run along contiguous memory."""
+def _load_rows(x, brows, btable, mask, A, dk, idx, o, n, kbuf):
+    """kbuf[a, d, i] = float32(x[r_i, a d_k + d]) for d < d_k, and kbuf[a, d_k, i] = the cross bias of
+    behavior r_i (sum_j btable[brows[j, r_i], a]; -inf where mask[r_i] is False), i < n, with r_i = o + i
+    (idx None) or idx[i]. x [L, D] float16 bits (int16) or float32. The keys are converted TILE rows at
+    a time into a small buffer, then written out by columns, so that reads and writes both run along
+    contiguous memory."""
     W = A * dk
+    J = brows.shape[0]
     tile = np.empty((TILE, W), np.float32)
     full = n - n % TILE
     for t0 in range(0, n, TILE):
@@ -77,7 +83,10 @@ def _load_rows(x, bias, A, dk, idx, o, n, kbuf):
             for j in range(W):
                 tile[i, j] = to_f32(x[r, j])
             for a in range(A):
-                kbuf[a, dk, t0 + i] = bias[a, r]
+                v = btable[brows[0, r], a]
+                for f in range(1, J):
+                    v = v + btable[brows[f, r], a]
+                kbuf[a, dk, t0 + i] = v if mask[r] else NEG_INF
         for a in range(A):
             for d in range(dk):
                 dst = kbuf[a, d]
@@ -185,7 +194,7 @@ def _keep_largest(keys, m, kk):
 
 
 @njit(nogil=True, cache=True)
-def _fused_rows(x, bias, qa, lengths, k, lo, hi, positions, alpha_sel, lse, want_lse):
+def _fused_rows(x, brows, btable, mask, qa, lengths, k, lo, hi, positions, alpha_sel, lse, want_lse):
     """Candidates lo..hi-1 of the flattened (b, c) range: see the module docstring."""
     B, L, _ = x.shape
     C, A, D1 = qa.shape[1], qa.shape[2], qa.shape[3]
@@ -212,11 +221,11 @@ def _fused_rows(x, bias, qa, lengths, k, lo, hi, positions, alpha_sel, lse, want
     while r < hi:
         b, c0 = r // C, r % C
         nc = min(C - c0, hi - r, CAND_BLOCK)  # candidates c0..c0+nc-1 of user b share the passes
-        xb, bb = x[b], bias[b]
+        xb, rb, mb = x[b], brows[:, b], mask[b]
         n = min(L, lengths[b])
         kk = min(k, n)
         first = min(n, FIRST)
-        _load_rows(xb, bb, A, dk, None, 0, first, kbuf)
+        _load_rows(xb, rb, btable, mb, A, dk, None, 0, first, kbuf)
         for a in range(A):  # the first behaviors, two candidates at a time
             for ci in range(0, nc, 2):
                 cj = min(ci + 1, nc - 1)  # the pair's second candidate (the first again at an odd end)
@@ -228,7 +237,7 @@ def _fused_rows(x, bias, qa, lengths, k, lo, hi, positions, alpha_sel, lse, want
         for o in range(first, n, CHUNK):
             e = min(n, o + CHUNK)
             m = e - o
-            _load_rows(xb, bb, A, dk, None, o, m, kbuf)
+            _load_rows(xb, rb, btable, mb, A, dk, None, o, m, kbuf)
             for a in range(A):
                 for ci in range(0, nc, 2):
                     cj = min(ci + 1, nc - 1)
@@ -253,7 +262,7 @@ def _fused_rows(x, bias, qa, lengths, k, lo, hi, positions, alpha_sel, lse, want
                                     if run_max[row] > NEG_INF else np.float32(0.0))
             got = _round_robin(surv, cnt, ci * A, A, kk, k, ready, stamp, b * C + c, positions[b, c])
             # alpha of every head at the union: the selected rows gathered into a block, the same loop
-            _load_rows(xb, bb, A, dk, positions[b, c], 0, got, kbuf)
+            _load_rows(xb, rb, btable, mb, A, dk, positions[b, c], 0, got, kbuf)
             for a in range(A):
                 _alpha_pair(kbuf[a], qa[b, c, a], qa[b, c, a], got, buf, bufr)
                 alpha_sel[b, c, a, :got] = buf[:got]
@@ -273,32 +282,40 @@ def _chunk_sum_exp(buf, m, mx):
     return np.float64(s)
 
 
-def select_fused_cpu(proj: torch.Tensor, bias: torch.Tensor, queries_aug: torch.Tensor, lengths: torch.Tensor,
-                     k: int, want_lse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def select_fused_cpu(proj: torch.Tensor, bias_rows: torch.Tensor, bias_table: torch.Tensor, seq_mask: torch.Tensor,
+                     queries_aug: torch.Tensor, lengths: torch.Tensor, k: int, want_lse: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """See the module docstring. The (b, c) rows are split over twin.kernels.cpu_threads."""
     B, L, _ = proj.shape
     C, A = queries_aug.shape[1], queries_aug.shape[2]
     proj = proj.detach().contiguous()
     x = (proj.view(torch.int16) if proj.dtype == torch.float16 else proj.float()).numpy()
-    bb = bias.detach().to(torch.float32).contiguous().numpy()
+    rows = bias_rows.contiguous().numpy()
+    table = bias_table.detach().to(torch.float32).contiguous().numpy()
+    mask = seq_mask.contiguous().numpy()
     qa = queries_aug.detach().contiguous().numpy()
     n = lengths.to(torch.int64).contiguous().numpy()
     positions = np.empty((B, C, k), np.int64)
     alpha_sel = np.empty((B, C, A, k), np.float32)
     lse = np.empty((B, C, A) if want_lse else (1, 1, 1), np.float32)
-    cpu_threads.split(B * C, MIN_ROWS_PER_THREAD,
-                      lambda lo, hi: _fused_rows(x, bb, qa, n, k, lo, hi, positions, alpha_sel, lse, want_lse))
+    cpu_threads.split(B * C, MIN_ROWS_PER_THREAD, lambda lo, hi: _fused_rows(
+        x, rows, table, mask, qa, n, k, lo, hi, positions, alpha_sel, lse, want_lse))
     return (torch.from_numpy(positions), torch.from_numpy(alpha_sel),
             torch.from_numpy(lse) if want_lse else None)
 
 
-def alpha_reference(proj: torch.Tensor, bias: torch.Tensor, queries_aug: torch.Tensor) -> torch.Tensor:
-    """The alpha the fused kernel ranks, materialised with numpy term by term (tests):
-    proj [B, L, D], bias [B, A, L], queries_aug [B, C, A, d_k + 1] -> alpha [B, A, C, L] float32."""
+def alpha_reference(proj: torch.Tensor, bias_rows: torch.Tensor, bias_table: torch.Tensor, seq_mask: torch.Tensor,
+                    queries_aug: torch.Tensor) -> torch.Tensor:
+    """The alpha the fused kernel ranks, materialised with numpy term by term (tests): the inputs of
+    select_fused_cpu -> alpha [B, A, C, L] float32."""
     B, L, _ = proj.shape
     A, D1 = queries_aug.shape[2], queries_aug.shape[3]
+    bias = bias_table[bias_rows[0]]  # [B, L, A], the J terms added in order
+    for j in range(1, bias_rows.shape[0]):
+        bias = bias + bias_table[bias_rows[j]]
+    bias = bias.masked_fill(~seq_mask[:, :, None], float("-inf")).permute(0, 2, 1)  # [B, A, L]
     keys = proj[..., :A * (D1 - 1)].float().unflatten(-1, (A, D1 - 1)).permute(0, 2, 3, 1)  # [B, A, d_k, L]
-    kt = torch.cat([keys, bias.float()[:, :, None]], 2).numpy()  # [B, A, d_k + 1, L]
+    kt = torch.cat([keys, bias[:, :, None]], 2).numpy()  # [B, A, d_k + 1, L]
     q = queries_aug.permute(0, 2, 1, 3).numpy()  # [B, A, C, d_k + 1]
     acc = np.zeros((B, A, q.shape[2], L), np.float32)
     for d in range(D1):
@@ -309,8 +326,9 @@ def alpha_reference(proj: torch.Tensor, bias: torch.Tensor, queries_aug: torch.T
 def compile_now() -> None:
     """Compile (or load from numba's on-disk cache) the specialisations the serving path uses."""
     g = torch.Generator().manual_seed(0)
-    bias = torch.zeros(1, 2, 300)
+    rows, table = torch.zeros(2, 1, 300, dtype=torch.int64), torch.zeros(3, 2)
+    mask = torch.ones(1, 300, dtype=torch.bool)
     q = augment_queries(torch.randn(1, 2, 2, 4, generator=g))
     for proj in (torch.randn(1, 300, 16, generator=g).half(), torch.randn(1, 300, 16, generator=g)):
         for want_lse in (False, True):
-            select_fused_cpu(proj, bias, q, torch.tensor([300]), 100, want_lse)
+            select_fused_cpu(proj, rows, table, mask, q, torch.tensor([300]), 100, want_lse)
