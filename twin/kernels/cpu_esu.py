@@ -16,7 +16,7 @@ before `esu_heads`, to float32 rounding (tests pin them).
 Why: with torch ops the ESU of one W1 request is ~40 small ops (gathers, a float16 -> float32 copy,
 the permutation copy an einsum needs, masked softmax, two einsums, logsumexp): ~3 ms of a 4.5 ms ESU
 stage on the dev box (torch profiler), most of it the two copies of [C, k, A, d_v]. Here each selected
-row is read once: `make bench` part esu_kernel, 0.87 ms p50 at W1, 2.4 ms at W3 (2026-12-02 16:28 UTC).
+row is read once: `make bench` part esu_kernel, 0.67 ms p50 at W1, 1.95 ms at W3 (2026-12-02 16:49 UTC).
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ lives in the L1 cache for a few cycles, so the cost is the arithmetic of the dot
 (A * C * L * (d_k + 1) multiply-adds), the float16 -> float32 conversion of the keys, and the
 selection of the few values that pass a running threshold. Measured by `make bench` (parts gsu_fused
 and gsu_materialised: the GEMM into a scratch buffer + `cpu_gsu`, the path this replaced), 2-core
-dev box, 2026-12-02 16:28 UTC: W1 4.15 vs 4.72 ms p50, W2 21.5 vs 44.2 ms, W3 14.7 vs 17.9 ms;
-docs/benchmarks.md. At W1 the arithmetic is about 40% of the kernel on one core (2.2 of ~5.5 ms:
+dev box, 2026-12-02 16:49 UTC: W1 3.34 vs 3.57 ms p50 (alpha fits that host's L3), W2 19.9 vs
+36.4 ms, W3 13.8 vs 17.3 ms; docs/benchmarks.md. At W1 the arithmetic is about 40% of the kernel on one core (2.2 of ~5.5 ms:
 numba's vectorised mul + add, two queries per pass over the keys), the first block's ranking ~20%,
 the union ~20%.
 
@@ -26,8 +26,8 @@ returns what `twin.kernels.cpu_gsu.select_cpu` returns for alpha = `alpha_refere
 inputs: positions [B, C, k], alpha_sel [B, C, A, k], lse [B, C, A] or None. That alpha is, per entry,
     ((((0 + q_0 P_0) + q_1 P_1) + ...) + q_{d_k-1} P_{d_k-1}) + 1 * bias
 in float32 with every product and sum rounded in that order (no fused multiply-add), -inf where
-seq_mask is False: the numbers numpy computes term by term; it is alpha of `twin.attention.attention_logits` up to float32 rounding
-(~1 ulp: the BLAS GEMM sums in another order). Tests pin the kernel to `select_cpu(alpha_reference())`
+seq_mask is False: the numbers numpy computes term by term; it is alpha of
+`twin.attention.attention_logits` up to float32 rounding (~1 ulp: the BLAS GEMM sums in another order). Tests pin the kernel to `select_cpu(alpha_reference())`
 exactly, on random, tied and short inputs.
 
 Per user, block by block of behaviors in position order: the block's keys are converted to float32
