@@ -243,6 +243,7 @@ def kernel_parts(w: World, u: int, with_torch: bool) -> dict[str, Callable[[], o
     with torch.inference_mode():
         ids = cross_ids(m.cfg.schema, b.seq_cross, b.seq_ts, b.now)
         bias_tables = m._cross_bias_tables()
+        rows = m._cross_rows(ids)
         g = m.select(b)
         tables = [t.weight for t in m.cross_emb.tables]
     scratch = torch.empty(alpha.numel())
@@ -255,9 +256,9 @@ def kernel_parts(w: World, u: int, with_torch: bool) -> dict[str, Callable[[], o
     parts = {"read_pass": lambda: cpu_threads.split(alpha.shape[1], 1, lambda lo, hi: alpha[:, lo:hi].amax(-1)),
              "kernel_cpu": lambda: select_cpu(alpha, lengths, K, False),
              "kernel_cpu_lse": lambda: select_cpu(alpha, lengths, K, True),
-             "gsu_fused": lambda: kernels.select_fused(b.seq_proj, bias_tables, ids, b.seq_mask, q, lengths, K, False),
+             "gsu_fused": lambda: kernels.select_fused(b.seq_proj, bias_tables, rows, b.seq_mask, q, lengths, K, False),
              "gsu_materialised": materialised,
-             "esu_kernel": lambda: kernels.esu(b.seq_proj, A * dk, dv, g.positions, g.alpha_sel, tables, g.cross_ids)}
+             "esu_kernel": lambda: kernels.esu(b.seq_proj, A * dk, dv, g.positions, g.alpha_sel, tables, rows)}
     if with_torch:
         parts["kernel_torch"] = lambda: select_torch(alpha, K, False)
     return parts

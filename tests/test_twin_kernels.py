@@ -247,7 +247,10 @@ def test_esu_kernel_equals_the_torch_esu():
     tables = [torch.randn(11, 8, generator=g), torch.randn(2, 5, generator=g)]
     ids = [torch.randint(0, 11, (B, L), generator=g), torch.randint(0, 2, (B, L), generator=g)]
     w_v_cross = torch.randn(A * d_v, 13, generator=g)
-    weights, heads_inh, pooled, evidence = esu(proj, A * d_k, d_v, positions, alpha_sel, tables, ids)
+    from twin.kernels.tables import stack_rows
+
+    rows = stack_rows(ids, [t.shape[0] for t in tables])
+    weights, heads_inh, pooled, evidence = esu(proj, A * d_k, d_v, positions, alpha_sel, tables, rows)
 
     valid = positions >= 0
     at = positions.clamp_min(0)

@@ -34,6 +34,7 @@ from torch import nn
 from . import kernels
 from .attention import attention_logits, cross_bias, esu_heads, esu_pool, masked_softmax, recent_topk, round_robin_select
 from .kernels.cpu_alpha import alpha_cpu
+from .kernels.tables import stack_rows
 from .kernels.torch_gsu import full_lse, gather_alpha
 from .config import TwinConfig
 from .features import FeatureGroupEmbedding, context_raw, cross_ids, sequence_means
@@ -112,6 +113,9 @@ class GsuResult:
     # [B, C, A] log-sum-exp of alpha over the FULL valid sequence (0 if none): how much of the history
     # matches, which the softmax over the k selected hides. Filled when cfg.full_lse, else None.
     lse_full: torch.Tensor | None = None
+    # [J, B, L] the cross ids as rows of the stacked per-feature tables (twin.kernels.tables), when the
+    # CPU kernels read them: stacked once per request for the GSU's and the ESU's tables alike
+    cross_rows: torch.Tensor | None = None
 
     def candidates(self, lo: int, hi: int) -> "GsuResult":
         """Candidates lo..hi-1 only (views; the per-behavior cross ids are shared)."""
@@ -119,7 +123,7 @@ class GsuResult:
             return self
         c = slice(lo, hi)
         return GsuResult(self.positions[:, c], self.valid[:, c], self.alpha_sel[:, c], self.q_emb[:, c],
-                         self.cross_ids, None if self.lse_full is None else self.lse_full[:, c])
+                         self.cross_ids, None if self.lse_full is None else self.lse_full[:, c], self.cross_rows)
 
 
 def _gather_seq(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -377,8 +381,10 @@ class TwinCTR(nn.Module):
         ids = cross_ids(self.cfg.schema, b.seq_cross, b.seq_ts, b.now)  # J x [B, L]
         tables = self._cross_bias_tables()  # J x [V_j, A]
         lse = None
+        rows = None
         if self.selects_without_alpha(b, queries.dtype):  # the bias is summed inside the kernel
-            positions, alpha_sel, lse = kernels.select_fused(b.seq_proj, tables, ids, b.seq_mask, queries,
+            rows = self._cross_rows(ids)
+            positions, alpha_sel, lse = kernels.select_fused(b.seq_proj, tables, rows, b.seq_mask, queries,
                                                              self._lengths(b.seq_mask), self.cfg.top_k, self.cfg.full_lse)
             valid = positions >= 0
         else:
@@ -386,7 +392,11 @@ class TwinCTR(nn.Module):
             keys, _ = self._split_proj(b.seq_proj)  # [B, L, A, d_k] view; only this half is converted
             alpha = self._full_alpha(keys, queries, bias, b.seq_mask, scratch)  # [B, A, C, L]
             positions, valid, alpha_sel, lse = self._gsu(alpha, b.seq_mask, self.cfg.full_lse)
-        return GsuResult(positions, valid, alpha_sel, q_emb, ids, lse)
+        return GsuResult(positions, valid, alpha_sel, q_emb, ids, lse, rows)
+
+    def _cross_rows(self, ids: list[torch.Tensor]) -> torch.Tensor:
+        """J x [B, L] cross ids -> [J, B, L] rows of the stacked per-feature tables the CPU kernels read."""
+        return stack_rows(ids, [t.num_embeddings for t in self.cross_emb.tables])
 
     def selects_without_alpha(self, b: ServeBatch, query_dtype: torch.dtype | None = None) -> bool:
         """Whether select() runs the fused CPU kernel on these inputs (no alpha buffer needed): CPU,
@@ -398,8 +408,9 @@ class TwinCTR(nn.Module):
         """ESU over the selected behaviors, short-term module and tower."""
         A, dk, dv = self.cfg.n_heads, self.cfg.d_k, self.cfg.d_v
         if kernels.fused_applies(b.seq_proj, g.q_emb.dtype):  # one compiled pass; selected rows read once
+            rows = g.cross_rows if g.cross_rows is not None else self._cross_rows(g.cross_ids)
             weights, heads_inh, pooled, evidence = kernels.esu(
-                b.seq_proj, A * dk, dv, g.positions, g.alpha_sel, [t.weight for t in self.cross_emb.tables], g.cross_ids)
+                b.seq_proj, A * dk, dv, g.positions, g.alpha_sel, [t.weight for t in self.cross_emb.tables], rows)
             heads = esu_heads(heads_inh, pooled, self.w_v_cross.weight)
         else:
             _, vals_all = self._split_proj(b.seq_proj)  # [B, L, A, d_v] view: only the selected rows are read

@@ -3,7 +3,7 @@
 `select(alpha, lengths, k, want_lse)` ranks a materialised alpha: float32 CPU alpha goes to the
 compiled kernel (`cpu_gsu`), anything else (CUDA, half precision) to the torch ops (`torch_gsu`). Both
 return the same positions, alpha at them and full-sequence log-sum-exp; tests pin them to each other
-and to a plain Python reference. `select_fused(proj, bias, queries, ...)` is the CPU serving path:
+and to a plain Python reference. `select_fused(proj, bias_tables, cross_rows, ...)` is the CPU serving path:
 alpha computed and ranked block by block from the cached projections, never written (`cpu_fused_gsu`);
 `esu(...)` the CPU serving ESU up to its last projection (`cpu_esu`).
 """
@@ -26,38 +26,37 @@ def select(alpha: torch.Tensor, lengths: torch.Tensor, k: int, want_lse: bool = 
 
 
 def fused_applies(proj: torch.Tensor, query_dtype: torch.dtype) -> bool:
-    """Whether select_fused and pool_values serve these inputs: CPU projections in float16 or float32,
-    float32 queries, no autograd."""
+    """Whether select_fused and esu serve these inputs: CPU projections in float16 or float32, float32
+    queries, no autograd."""
     return (proj.device.type == "cpu" and query_dtype == torch.float32 and not torch.is_grad_enabled()
             and proj.dtype in (torch.float16, torch.float32))
 
 
-def select_fused(proj: torch.Tensor, bias_tables: list[torch.Tensor], cross_ids: list[torch.Tensor],
+def select_fused(proj: torch.Tensor, bias_tables: list[torch.Tensor], cross_rows: torch.Tensor,
                  seq_mask: torch.Tensor, queries: torch.Tensor, lengths: torch.Tensor, k: int, want_lse: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """alpha and the selection in one compiled CPU pass that never writes alpha (cpu_fused_gsu), the
     cross bias summed inside it from per-feature tables: proj [B, L, D] cached projections (keys = the
-    first A*d_k columns), bias_tables J x [V_j, A], cross_ids J x [B, L], seq_mask [B, L],
-    queries [B, C, A, d_k], lengths [B] -> as select()."""
+    first A*d_k columns), bias_tables J x [V_j, A], cross_rows [J, B, L] (tables.stack_rows of the cross
+    ids), seq_mask [B, L], queries [B, C, A, d_k], lengths [B] -> as select()."""
     from twin.kernels.cpu_fused_gsu import augment_queries, select_fused_cpu
     from twin.kernels.tables import stack_tables
 
-    rows, table = stack_tables(bias_tables, cross_ids, side_by_side=False)
-    return select_fused_cpu(proj, rows, table, seq_mask, augment_queries(queries), lengths, k, want_lse)
+    table = stack_tables(bias_tables, side_by_side=False)
+    return select_fused_cpu(proj, cross_rows, table, seq_mask, augment_queries(queries), lengths, k, want_lse)
 
 
 def esu(proj: torch.Tensor, col0: int, d_v: int, positions: torch.Tensor, alpha_sel: torch.Tensor,
-        cross_tables: list[torch.Tensor], cross_ids: list[torch.Tensor]
+        cross_tables: list[torch.Tensor], cross_rows: torch.Tensor
         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ESU's softmax, evidence and pooled sums in one CPU pass (cpu_esu): proj [B, L, D] (inherent
     values from column col0), positions [B, C, k], alpha_sel [B, C, A, k], the J cross embedding tables
-    and the ids J x [B, L] -> weights [B, C, A, k], heads_inh [B, C, A, d_v], pooled_cross [B, C, A, cx],
-    evidence [B, C, A]."""
+    and cross_rows [J, B, L] (tables.stack_rows of their ids) -> weights [B, C, A, k], heads_inh
+    [B, C, A, d_v], pooled_cross [B, C, A, cx], evidence [B, C, A]."""
     from twin.kernels.cpu_esu import esu_cpu
     from twin.kernels.tables import stack_tables
 
-    rows, table = stack_tables(cross_tables, cross_ids, side_by_side=True)
-    return esu_cpu(proj, col0, d_v, positions, alpha_sel, rows, table)
+    return esu_cpu(proj, col0, d_v, positions, alpha_sel, cross_rows, stack_tables(cross_tables, side_by_side=True))
 
 
 def compile_now() -> None:
@@ -69,4 +68,4 @@ def compile_now() -> None:
     cpu_fused_gsu.compile_now()
     for proj in (torch.zeros(1, 10, 16, dtype=torch.float16), torch.zeros(1, 10, 16)):
         esu(proj, 8, 2, torch.zeros(1, 2, 3, dtype=torch.int64), torch.zeros(1, 2, 4, 3), [torch.zeros(2, 3)],
-            [torch.zeros(1, 10, dtype=torch.int64)])
+            torch.zeros(1, 1, 10, dtype=torch.int64))

@@ -6,7 +6,7 @@ Contract (`esu_cpu`), per user b, candidate c, head a, over the k selected posit
             is proj[b, p, col0 + a d_v : col0 + (a+1) d_v] (K_h W^v_{h,a}, cached by the projector);
   positions [B, C, k] int64;  alpha_sel [B, C, A, k] float32;
   cross_ids [J, B, L] int64 row ids into cross_table [R, cx] float32: behavior p's cross embedding K_c
-            is sum_j cross_table[cross_ids[j, b, p]] (`twin.kernels.tables.stack_tables` builds both:
+            is sum_j cross_table[cross_ids[j, b, p]] (`twin.kernels.tables` builds both:
             feature j's table sits in its own rows and columns, so the sum is the concatenation);
 returns weights [B, C, A, k] (softmax of alpha over the valid positions, 0 elsewhere and for an empty
 row), heads_inh [B, C, A, d_v] = sum_k w K_h W^v_{h,a}, pooled_cross [B, C, A, cx] = sum_k w K_c, and
