@@ -75,10 +75,9 @@ def alpha_scratch(slot: ModelSlot, batch: ServeBatch) -> torch.Tensor | None:
     """CPU, when the model materialises alpha (not the fused TWIN path: model.selects_without_alpha; the
     recent-k baseline still does): the calling thread's reusable buffer for alpha [B, A, Cb, Lb] (16 MB
     per W1 request), grown on demand; one per thread because a batch's requests may run on several
-    (run_batch). Without it
-    glibc maps fresh pages for an allocation that size on every batch (~4,300 page faults per W1
-    request, 10 ms of CPU) unless service.malloc_tuning keeps freed memory, and even then for a batch
-    whose alpha passes its 32 MB mmap threshold. Accelerators: None (their caching allocators reuse
+    (run_batch). Without it glibc maps fresh pages for an allocation that size on every batch (~4,300
+    page faults per W1 request, 10 ms of CPU) unless service.malloc_tuning keeps freed memory, and even
+    then for a batch whose alpha passes its 32 MB mmap threshold. Accelerators: None (their caching allocators reuse
     memory already)."""
     if slot.device.type != "cpu":
         return None
@@ -98,7 +97,7 @@ def _sync(device: torch.device) -> None:
 
 
 # A lone request's ESU and tower split by candidates into slices at least this big. Measured on the 2-core dev
-# box (docs/benchmarks.md, 2026-12-02): at W1 two slices of 50 took ~10.5-11.7 ms against ~9-9.2 unsplit (the
+# box with a one-off script (docs/benchmarks.md, 2026-12-02): at W1 two slices of 50 took ~10.5-11.7 ms against ~9-9.2 unsplit (the
 # ESU is ~100 small torch ops whose Python glue holds the GIL, so two threads wait on each other); at W3
 # (500 candidates) two slices are no slower.
 MIN_CANDIDATES_PER_SLICE = 256
