@@ -124,6 +124,8 @@ def markdown(res: dict) -> str:
         lines += ["", f"## {name}: L = {w['L']:,}, C = {w['C']}, k = {w['k']}, {w['heads']} heads, {w['users']} users cycled",
                   "", f"bytes a request must move (alpha written + read once, key half read, selected values): "
                   f"{mb:.1f} MB -> {mb / res['copy_gbs']:.2f} ms at the copy bandwidth.", "",
+                  f"GSU path of the serving forward (service.engine.gsu_route, timed as the engine's warm-up times it): "
+                  f"{w.get('gsu_route', 'not measured')}.", "",
                   "| part | p50 ms | p99 ms | n |", "|---|---:|---:|---:|"]
         for part, v in w["parts"].items():
             lines.append(f"| {part} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['n']} |")

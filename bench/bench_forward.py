@@ -19,9 +19,11 @@ between p50s of the same run. Parts:
              the gathered [L, D] over: a lookup);
   kernel_cpu / kernel_torch  the selection alone on a precomputed alpha (compiled kernel / torch ops);
   read_pass  torch amax over the same alpha (what kernel_cpu is measured against);
-  gsu_fused  the serving CPU GSU: alpha and the selection in one pass from the float16 projections,
-             alpha never written (twin.kernels.cpu_fused_gsu); gsu_materialised the path it replaced:
-             alpha's GEMM into the thread's scratch buffer (cpu_alpha), then kernel_cpu;
+  gsu_fused  the fused CPU GSU: alpha and the selection in one pass from the float16 projections,
+             alpha never written (twin.kernels.cpu_fused_gsu); gsu_materialised the other exact path:
+             alpha's GEMM into the thread's scratch buffer (cpu_alpha), then kernel_cpu. twin and raw_mhta
+             take the faster of the two for the world's shape, timed as the engine's warm-up times it
+             (service.engine.gsu_route);
   esu_kernel the ESU's softmax, evidence and pooled sums from the cached projections (twin.kernels.cpu_esu).
 Floors use the same threads as the forward (alpha's GEMM split by heads over twin.kernels.cpu_threads).
 On CUDA (`device="cuda"`): the model and the cached projections live on the GPU, the forward runs under
@@ -44,7 +46,9 @@ from cache.layout import Keys
 from cache.local_cache import LocalProjectionCache
 from cache.projection_store import ProjectionStore
 from cache.user_sequence_cache import UserSequence, UserSequenceCache
-from service.engine.forward import collate, run_batch
+from service.engine.forward import alpha_scratch, collate, run_batch
+from service.engine.gsu_route import GsuRoutes
+from service.engine.gsu_route_probe import describe, measure_route
 from service.engine.request import ScoreInputs
 from service.engine.slot import ModelSlot
 from service.engine.worker import default_parallel_threads, default_threads
@@ -120,7 +124,10 @@ def build_world(name: str, n_users: int, device: torch.device = torch.device("cp
         inputs.append(ScoreInputs(slot=None, seq_proj=proj, seq_cross=cross, seq_ts=ts,  # type: ignore[arg-type]
                                   recent=raw[:model.cfg.short_len], cand=cand, now=NOW, hist_len=L))
         raws.append(raw)
-    return World(L, C, model, _slot(model, L, device), _slot(model_lse, L, device), inputs, raws, device)
+    slot, slot_lse = _slot(model, L, device), _slot(model_lse, L, device)
+    for s in (slot, slot_lse):  # the GSU path the engine's warm-up would pick for this shape
+        s.gsu_routes = GsuRoutes(HEADS, [measure_route(s, L, C)])
+    return World(L, C, model, slot, slot_lse, inputs, raws, device)
 
 
 def _alpha_inputs(w: World, u: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -187,7 +194,9 @@ def raw_mhta(w: World, u: int) -> Callable[[], object]:
             cross = torch.cat(m._cross(b.seq_cross, b.seq_ts, b.now)[0], dim=-1)  # [1, L, Cx]
             k_full = torch.cat([m.inherent_emb(raw)[None], cross], dim=-1)  # [1, L, H+Cx]
             b.seq_proj = k_full @ w_full  # [1, L, D]: projected on every request
-            m.finish(b, m.select(b)).scores.cpu()
+            fused = w.slot.gsu_routes.fused(w.L, w.C) if w.device.type == "cpu" else None  # the serving forward's path
+            scratch = None if m.selects_without_alpha(b, fused=fused) else alpha_scratch(w.slot, b)
+            m.finish(b, m.select(b, scratch, fused)).scores.cpu()
     return run
 
 
@@ -335,4 +344,5 @@ def run_workload(name: str, quick: bool, raw: bool = True, device: torch.device 
     if "kernel_torch" in p and "kernel_cpu" in p:
         out["ratios"]["kernel_torch_over_kernel_cpu"] = p["kernel_torch"] / p["kernel_cpu"]
     out["bytes_per_request"] = request_bytes(w.L, w.C, w.model)
+    out["gsu_route"] = describe(w.slot.gsu_routes.timings)  # measured when the world was built
     return out

@@ -26,6 +26,8 @@ from model_store.registry import ModelRegistry
 from service.engine.buckets import clip_buckets, serving_buckets
 from service.engine.engine import Engine
 from service.engine.forward import run_batch, synthetic_inputs
+from service.engine.gsu_route import GsuRoutes
+from service.engine.gsu_route_probe import describe, measure_route, route_shapes
 from service.engine.slot import ModelSlot
 from service.errors import ModelRefused, UnknownVersion
 from service.freshness import ProjectionFreshness
@@ -344,6 +346,20 @@ class ModelManager:
             return sorted({(lb, cmin) for lb in slot.seq_buckets} | {(lmax, cmax)})
         return sorted({(lb, cmin) for lb in slot.seq_buckets} | {(lmax, cb) for cb in slot.cand_buckets})
 
+    async def _gsu_routes(self, slot: ModelSlot, run) -> GsuRoutes:
+        """Which exact GSU path is faster on this CPU, per shape (service.engine.gsu_route). The
+        answer depends on the machine and the model's shapes, not its weights: a version with the same
+        heads, head widths and buckets as the serving one takes its routes, so that a swap does not
+        hold the inference thread for the probe (~1 s at L = 100,000). Else one shape per call, so
+        that serving batches run in between."""
+        active = self.engine.active
+        dims = lambda s: (s.cfg.n_heads, s.cfg.d_k, s.cfg.d_v, s.seq_buckets, s.cand_buckets)  # noqa: E731
+        if active is not None and active.device == slot.device and active.gsu_routes.timings and dims(active) == dims(slot):
+            return active.gsu_routes
+        timings = [await run(measure_route, slot, lb, cb) for lb, cb in route_shapes(slot)]
+        log.info("GSU routes of %s: %s", slot.version, describe(timings))
+        return GsuRoutes(slot.cfg.n_heads, timings)
+
     async def _warm_up(self, slot: ModelSlot) -> None:
         """One batch per shape. While another version serves, each batch runs between the serving
         batches, only when no request waits (MicroBatcher.run_when_idle)."""
@@ -353,5 +369,7 @@ class ModelManager:
         try:
             for i, (lb, cb) in enumerate(shapes):
                 await run(run_batch, slot, [synthetic_inputs(slot, lb, cb, seed=i)])
+            if slot.device.type == "cpu" and self.settings.warmup != "none":
+                slot.gsu_routes = await self._gsu_routes(slot, run)
         except Exception as e:  # noqa: BLE001 - a model that cannot run a batch is not servable
             raise ModelRefused(f"warm-up of {slot.version} failed: {e!r}", reason="warmup_failed") from e

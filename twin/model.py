@@ -371,18 +371,19 @@ class TwinCTR(nn.Module):
         return masked_softmax(alpha, b.seq_mask[:, None, None, :]), positions
 
     # ---- serving path -------------------------------------------------------------------------
-    def select(self, b: ServeBatch, scratch: torch.Tensor | None = None) -> GsuResult:
+    def select(self, b: ServeBatch, scratch: torch.Tensor | None = None, fused: bool | None = None) -> GsuResult:
         """CP-GSU from cached projections: alpha over all L, round-robin top-k.
 
-        On the CPU (float32 queries, no autograd) alpha and the selection are one compiled pass over the
-        keys that never writes alpha (twin.kernels.cpu_fused_gsu); elsewhere alpha is materialised
-        (_full_alpha; scratch: an optional reusable CPU buffer for it, see there) and then ranked."""
+        On the CPU (float32 queries, no autograd) alpha and the selection are by default one compiled
+        pass over the keys that never writes alpha (twin.kernels.cpu_fused_gsu); elsewhere, or with
+        fused=False, alpha is materialised (_full_alpha; scratch: an optional reusable CPU buffer for
+        it, see there) and then ranked. Both are exact for their alpha, which differ by float32 rounding."""
         q_emb, queries = self._queries(b.cand)  # [B, C, H], [B, C, A, d_k]
         ids = cross_ids(self.cfg.schema, b.seq_cross, b.seq_ts, b.now)  # J x [B, L]
         tables = self._cross_bias_tables()  # J x [V_j, A]
         lse = None
         rows = None
-        if self.selects_without_alpha(b, queries.dtype):  # the bias is summed inside the kernel
+        if self.selects_without_alpha(b, queries.dtype, fused):  # the bias is summed inside the kernel
             rows = self._cross_rows(ids)
             positions, alpha_sel, lse = kernels.select_fused(b.seq_proj, tables, rows, b.seq_mask, queries,
                                                              self._lengths(b.seq_mask), self.cfg.top_k, self.cfg.full_lse)
@@ -398,11 +399,12 @@ class TwinCTR(nn.Module):
         """J x [B, L] cross ids -> [J, B, L] rows of the stacked per-feature tables the CPU kernels read."""
         return stack_rows(ids, [t.num_embeddings for t in self.cross_emb.tables])
 
-    def selects_without_alpha(self, b: ServeBatch, query_dtype: torch.dtype | None = None) -> bool:
-        """Whether select() runs the fused CPU kernel on these inputs (no alpha buffer needed): CPU,
-        float32 queries (the model's dtype unless given), no autograd, the TWIN GSU."""
+    def selects_without_alpha(self, b: ServeBatch, query_dtype: torch.dtype | None = None,
+                              fused: bool | None = None) -> bool:
+        """Whether select(b, fused=fused) runs the fused CPU kernel (no alpha buffer needed): not
+        fused=False, and CPU, float32 queries (the model's dtype unless given), no autograd, the TWIN GSU."""
         dtype = query_dtype or self.w_q.weight.dtype
-        return self.cfg.gsu == "twin" and kernels.fused_applies(b.seq_proj, dtype)
+        return fused is not False and self.cfg.gsu == "twin" and kernels.fused_applies(b.seq_proj, dtype)
 
     def finish(self, b: ServeBatch, g: GsuResult, explain: bool = False) -> ServeOutput:
         """ESU over the selected behaviors, short-term module and tower."""

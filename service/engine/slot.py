@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from service.engine.gsu_route import GsuRoutes
 from twin.config import FeatureSchema, TwinConfig
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ class ModelSlot:
     meta: dict = field(default_factory=dict)
     # CPU: alpha's buffer per inference/branch thread id, reused by every batch of this slot.
     alpha_scratch: dict[int, torch.Tensor] = field(default_factory=dict)
+    # CPU: which exact GSU path each shape runs, measured at warm-up (empty: the fused default)
+    gsu_routes: GsuRoutes = field(default_factory=GsuRoutes)
 
     @property
     def catalog_rows(self) -> "CatalogRowCache | CatalogStore":
