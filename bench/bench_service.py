@@ -47,6 +47,8 @@ from cache.projection_store import ProjectionStore
 from model_store.registry import ModelRegistry
 from service.engine.buckets import serving_buckets
 from service.engine.forward import run_batch
+from service.engine.gsu_route import GsuRoutes
+from service.engine.gsu_route_probe import measure_route
 from service.engine.request import ScoreInputs
 from service.engine.slot import ModelSlot
 from service.engine.worker import default_parallel_threads, default_threads
@@ -300,6 +302,7 @@ async def measure_http(quick: bool, log=print, device: str = "cpu") -> dict:
             f"{time.perf_counter() - t0:.1f}s")
         bare_in = [await bare_inputs(url, keys, model, version, u) for u in range(N_USERS)]
         slot = bare_slot(model, device)
+        slot.gsu_routes = GsuRoutes(model.cfg.n_heads, [measure_route(slot, L, C)])  # the W1 shape, as the services' warm-up
         branches = (ThreadPoolExecutor(parallel - 1, initializer=torch.set_num_threads, initargs=(threads,))
                     if device == "cpu" and parallel > 1 else None)  # as the service's InferenceWorker has them
         ports = {"warm": free_port(), "cold": free_port()}

@@ -24,7 +24,7 @@ def route_shapes(slot: ModelSlot) -> list[tuple[int, int]]:
     the candidate buckets) and the largest candidate bucket."""
     lmax, cmin, cmax = slot.seq_buckets[-1], slot.cand_buckets[0], slot.cand_buckets[-1]
     ls, L = [], min(1_000, lmax)
-    while L < lmax:
+    while L < lmax / 1.5:  # none within 1.5x of lmax: it is measured itself
         ls.append(L)
         L = int(L * math.sqrt(10))
     ls.append(lmax)
