@@ -84,7 +84,8 @@ class Settings(BaseSettings):
         description="Warm-up shapes: grid = every (L, C) bucket pair; edges = each L bucket at the smallest C "
         "and each C bucket at the largest L (on CPU: each L bucket at the smallest C plus the largest (L, C); on a CPU swap "
         "while another version serves: the smallest C at the smallest and largest L); "
-        "auto = grid on CUDA, edges on CPU; none.",
+        "auto = grid on CUDA, edges on CPU; none. On CPU, unless none, warm-up also times the two exact GSU paths "
+        "per shape and serves each shape with the faster (service/engine/gsu_route.py); none serves the fused one.",
     )
     swap_prefill_users: int = Field(
         256, ge=0, description="Before a version is switched in under traffic, the sequences of this many users the "
