@@ -6,12 +6,14 @@ writes alpha with the BLAS GEMM into the thread's scratch buffer and ranks it (t
 Neither wins on every CPU, so the engine measures, as cuDNN's benchmark mode does. `make bench`,
 parts gsu_fused vs gsu_materialised, 2 vCPUs:
   AMD EPYC (Zen 4, copy 25 GB/s), 2026-12-02 16:49 UTC: W1 3.3 vs 3.6 ms, W2 19.9 vs 36.4, W3 13.8 vs 17.3;
-  Intel Xeon (105 MB L3, copy 8.6 GB/s), 2026-12-02 19:00 UTC: W1 8.9 vs 6.8 ms, W2 32.8 vs 41.1, W3 32.9 vs 21.7.
-There the GEMM (MKL: FMA, 512-bit) outruns numba's 256-bit multiply-adds while alpha fits the L3;
-at L = 100,000 (160 MB of alpha) writing alpha costs more than the arithmetic saved.
+  Intel Xeon (105 MB L3, copy 5.6-10 GB/s), 2026-12-02 18:52-20:38 UTC: W1 8.9 vs 6.8 ms (8.8 vs 6.2),
+  W2 32.8 vs 41.1 (52.0 vs 45.0), W3 32.9 vs 21.7 (37.3 vs 22.4).
+There the GEMM (MKL: FMA, 512-bit) outruns numba's 256-bit multiply-adds while alpha fits the L3; at
+L = 100,000 (160 MB of alpha) writing and re-reading alpha costs about what that saves, and the two
+runs disagree: the probe follows the machine of the moment.
 
-A route is measured per (L, C) shape at warm-up (service.lifecycle, by gsu_route_probe) and looked up for the nearest
-measured shape (in log L, log C). The materialised path is never timed, nor taken, where its alpha
+A route is measured per (L, C) shape at warm-up (service.lifecycle, by gsu_route_probe) and looked
+up for the nearest measured shape (in log L, log C). The materialised path is never timed, nor taken, where its alpha
 would pass MAX_ALPHA_BYTES: the scratch buffer would cost more memory than the speed is worth. The
 choice changes only speed: both paths select exactly by their alpha, and the two alphas differ by
 float32 rounding (the GEMM sums in another order), as the CPU and CUDA ones do.
