@@ -20,16 +20,20 @@ ROUNDS = 5  # timed calls of each path, interleaved (after one untimed call each
 
 def route_shapes(slot: ModelSlot) -> list[tuple[int, int]]:
     """(L, C) to measure: L from 1,000 (below, both take well under a millisecond) to the slot's
-    largest bucket, a factor ~3 apart, each with C = 100 (a ranking request's typical size, clipped to
-    the candidate buckets) and the largest candidate bucket."""
+    largest bucket, a factor ~3 apart, at C = 100 (a ranking request's typical size, clipped to the
+    candidate buckets). One C only: the probe delays readiness (a restarted scorer must answer within
+    5 s, `make faults`), and the largest C bucket cost ~4x the rest of the probe (CI, 2026-12-02: 1.9 s
+    in all on a slow spell, against ~0.3 s now). Wherever the two paths were more than a few percent
+    apart at C = 100, the larger C had the same winner (W1 and W3 on both hosts measured, CI's stack at
+    L = 1,000-2,000, C = 1,000), and the lookup's memory bound still keeps a large batch fused."""
     lmax, cmin, cmax = slot.seq_buckets[-1], slot.cand_buckets[0], slot.cand_buckets[-1]
     ls, L = [], min(1_000, lmax)
     while L < lmax / 1.5:  # none within 1.5x of lmax: it is measured itself
         ls.append(L)
         L = int(L * math.sqrt(10))
     ls.append(lmax)
-    cs = sorted({min(max(100, cmin), cmax), cmax})
-    return [(L, C) for L in ls for C in cs]
+    C = min(max(100, cmin), cmax)
+    return [(L, C) for L in ls]
 
 
 def measure_route(slot: ModelSlot, L: int, C: int, seed: int = 0) -> RouteTiming:
