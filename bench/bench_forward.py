@@ -22,7 +22,7 @@ between p50s of the same run. Parts:
   gsu_fused  the fused CPU GSU: alpha and the selection in one pass from the float16 projections,
              alpha never written (twin.kernels.cpu_fused_gsu); gsu_materialised the other exact path:
              alpha's GEMM into the thread's scratch buffer (cpu_alpha), then kernel_cpu. twin and raw_mhta
-             take the faster of the two for the world's shape, timed as the engine's warm-up times it
+             take the path the engine's warm-up would pick: the faster at the world's L and C = 100
              (service.engine.gsu_route);
   esu_kernel the ESU's softmax, evidence and pooled sums from the cached projections (twin.kernels.cpu_esu).
 Floors use the same threads as the forward (alpha's GEMM split by heads over twin.kernels.cpu_threads).
@@ -125,8 +125,8 @@ def build_world(name: str, n_users: int, device: torch.device = torch.device("cp
                                   recent=raw[:model.cfg.short_len], cand=cand, now=NOW, hist_len=L))
         raws.append(raw)
     slot, slot_lse = _slot(model, L, device), _slot(model_lse, L, device)
-    for s in (slot, slot_lse):  # the GSU path the engine's warm-up would pick for this shape
-        s.gsu_routes = GsuRoutes(HEADS, [measure_route(s, L, C)])
+    for s in (slot, slot_lse):  # the GSU path the engine's warm-up would pick: timed at this L and C = 100
+        s.gsu_routes = GsuRoutes(HEADS, [measure_route(s, L, 100)])
     return World(L, C, model, slot, slot_lse, inputs, raws, device)
 
 

@@ -66,7 +66,7 @@ def measure(model_root: Path, candidates: int, seq_len: int | None = None, round
     slot = ModelSlot(version=version, model=model, manifest=manifest, device=cpu, autocast=None, seq_len=L,
                      seq_buckets=[64, L], cand_buckets=[8, candidates], behaviors=None, catalog=None,  # type: ignore[arg-type]
                      local_cache=None)  # type: ignore[arg-type]
-    slot.gsu_routes = GsuRoutes(model.cfg.n_heads, [measure_route(slot, L, candidates)])  # as the service's warm-up
+    slot.gsu_routes = GsuRoutes(model.cfg.n_heads, [measure_route(slot, L, min(100, candidates))])  # as the service's warm-up
     inputs = [synthetic_inputs(slot, L, candidates, seed=s) for s in range(2)]
     A, dk = model.cfg.n_heads, model.cfg.d_k
     g = torch.Generator().manual_seed(0)

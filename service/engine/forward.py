@@ -137,8 +137,7 @@ def _run_group(slot: ModelSlot, items: list[ScoreInputs], size: tuple[int, int])
     with torch.inference_mode(), amp:
         t0 = time.perf_counter()
         batch = collate(slot, items)
-        B, Lb = batch.seq_mask.shape
-        fused = slot.gsu_routes.fused(Lb, batch.cand.shape[1], B) if slot.device.type == "cpu" else None
+        fused = slot.gsu_routes.fused(batch.seq_mask.shape[1], batch.cand.shape[1]) if slot.device.type == "cpu" else None
         scratch = None if slot.model.selects_without_alpha(batch, fused=fused) else alpha_scratch(slot, batch)
         gsu = slot.model.select(batch, scratch, fused)
         _sync(slot.device)

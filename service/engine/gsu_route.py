@@ -50,10 +50,10 @@ class GsuRoutes:
     heads: int = 1
     timings: list[RouteTiming] = field(default_factory=list)
 
-    def fused(self, L: int, C: int, B: int = 1) -> bool | None:
-        """The route of a forward of B requests padded to L behaviors x C candidates: that of the
-        nearest measured shape (L, C); always fused where one request's materialised alpha would pass
-        MAX_ALPHA_BYTES (the scratch holds B of them); None (the model's default, fused) when nothing was measured."""
+    def fused(self, L: int, C: int) -> bool | None:
+        """The route of a forward padded to L behaviors x C candidates: that of the nearest measured
+        shape (L, C); always fused where one request's materialised alpha would pass MAX_ALPHA_BYTES;
+        None (the model's default, fused) when nothing was measured."""
         if not self.timings:
             return None
         near = min(self.timings, key=lambda t: abs(math.log(t.L / max(L, 1))) + abs(math.log(t.C / max(C, 1))))
