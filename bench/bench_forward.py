@@ -55,9 +55,9 @@ from service.engine.worker import default_parallel_threads, default_threads
 from training.schemas import synthetic_schema
 from twin import kernels
 from twin.config import TwinConfig
-from twin.features import cross_ids
 from twin.kernels import cpu_threads
 from twin.kernels.cpu_gsu import select_cpu
+from twin.kernels.tables import stack_tables
 from twin.kernels.torch_gsu import select_torch
 from twin.model import TwinCTR
 
@@ -250,9 +250,8 @@ def kernel_parts(w: World, u: int, with_torch: bool) -> dict[str, Callable[[], o
                 "kernel_torch": lambda: (select_torch(alpha, K, False), sync(w.device)),
                 "kernel_torch_lse": lambda: (select_torch(alpha, K, True), sync(w.device))}
     with torch.inference_mode():
-        ids = cross_ids(m.cfg.schema, b.seq_cross, b.seq_ts, b.now)
-        bias_tables = m._cross_bias_tables()
-        rows = m._cross_rows(ids)
+        bias_table = stack_tables(m._cross_bias_tables(), side_by_side=False)
+        rows, _ = kernels.cross_rows(m.cfg.schema, b.seq_cross, b.seq_ts, b.now)
         g = m.select(b)
         tables = [t.weight for t in m.cross_emb.tables]
     scratch = torch.empty(alpha.numel())
@@ -265,7 +264,7 @@ def kernel_parts(w: World, u: int, with_torch: bool) -> dict[str, Callable[[], o
     parts = {"read_pass": lambda: cpu_threads.split(alpha.shape[1], 1, lambda lo, hi: alpha[:, lo:hi].amax(-1)),
              "kernel_cpu": lambda: select_cpu(alpha, lengths, K, False),
              "kernel_cpu_lse": lambda: select_cpu(alpha, lengths, K, True),
-             "gsu_fused": lambda: kernels.select_fused(b.seq_proj, bias_tables, rows, b.seq_mask, q, lengths, K, False),
+             "gsu_fused": lambda: kernels.select_fused(b.seq_proj, bias_table, rows, b.seq_mask, q, lengths, K, False),
              "gsu_materialised": materialised,
              "esu_kernel": lambda: kernels.esu(b.seq_proj, A * dk, dv, g.positions, g.alpha_sel, tables, rows)}
     if with_torch:

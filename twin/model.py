@@ -34,7 +34,7 @@ from torch import nn
 from . import kernels
 from .attention import attention_logits, cross_bias, esu_heads, esu_pool, masked_softmax, recent_topk, round_robin_select
 from .kernels.cpu_alpha import alpha_cpu
-from .kernels.tables import stack_rows
+from .kernels.tables import stack_rows, stack_tables
 from .kernels.torch_gsu import full_lse, gather_alpha
 from .config import TwinConfig
 from .features import FeatureGroupEmbedding, context_raw, cross_ids, sequence_means
@@ -109,7 +109,8 @@ class GsuResult:
     valid: torch.Tensor      # [B, C, k]
     alpha_sel: torch.Tensor  # [B, C, A, k] alpha at the selected positions
     q_emb: torch.Tensor      # [B, C, H] candidate inherent embeddings (reused by the tower)
-    cross_ids: list[torch.Tensor]  # J tensors [B, L] int64: the cross feature ids of every behavior
+    # J tensors [B, L] int64: the cross feature ids of every behavior; None when cross_rows holds them
+    cross_ids: list[torch.Tensor] | None
     # [B, C, A] log-sum-exp of alpha over the FULL valid sequence (0 if none): how much of the history
     # matches, which the softmax over the k selected hides. Filled when cfg.full_lse, else None.
     lse_full: torch.Tensor | None = None
@@ -244,6 +245,12 @@ class TwinCTR(nn.Module):
         memory; the caller must not use it again while alpha lives.
         """
         bias_m = bias.masked_fill(~seq_mask[:, :, None], float("-inf")).permute(0, 2, 1).contiguous()  # [B, A, L]
+        return self._alpha(keys, queries, bias_m, scratch)
+
+    @staticmethod
+    def _alpha(keys: torch.Tensor, queries: torch.Tensor, bias_m: torch.Tensor, scratch: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """_full_alpha with the bias already masked and laid out per head: bias_m [B, A, L] (-inf at padding)."""
         B, L, A, _ = keys.shape
         shape = (B, A, queries.shape[1], L)
         if keys.device.type != "cpu" or torch.is_grad_enabled():
@@ -377,23 +384,40 @@ class TwinCTR(nn.Module):
         On the CPU (float32 queries, no autograd) alpha and the selection are by default one compiled
         pass over the keys that never writes alpha (twin.kernels.cpu_fused_gsu); elsewhere, or with
         fused=False, alpha is materialised (_full_alpha; scratch: an optional reusable CPU buffer for
-        it, see there) and then ranked. Both are exact for their alpha, which differ by float32 rounding."""
+        it, see there) and then ranked. Both are exact for their alpha, which differ by float32 rounding.
+        On the CPU the cross features' ids and bias come from one compiled pass too (twin.kernels.cpu_cross;
+        the same numbers as cross_ids and _bias_from_tables)."""
         q_emb, queries = self._queries(b.cand)  # [B, C, H], [B, C, A, d_k]
-        ids = cross_ids(self.cfg.schema, b.seq_cross, b.seq_ts, b.now)  # J x [B, L]
         tables = self._cross_bias_tables()  # J x [V_j, A]
-        lse = None
-        rows = None
-        if self.selects_without_alpha(b, queries.dtype, fused):  # the bias is summed inside the kernel
-            rows = self._cross_rows(ids)
-            positions, alpha_sel, lse = kernels.select_fused(b.seq_proj, tables, rows, b.seq_mask, queries,
-                                                             self._lengths(b.seq_mask), self.cfg.top_k, self.cfg.full_lse)
-            valid = positions >= 0
-        else:
-            bias = self._bias_from_tables(tables, ids)  # [B, L, A]
+        if kernels.fused_applies(b.seq_proj, queries.dtype):  # CPU: the cross ids and bias in one compiled pass
+            table = stack_tables(tables, side_by_side=False)  # [R, A]
+            fused = self.selects_without_alpha(b, queries.dtype, fused)
+            rows, bias_m = kernels.cross_rows(self.cfg.schema, b.seq_cross, b.seq_ts, b.now,
+                                              None if fused else table, b.seq_mask)  # [J, B, L], [B, A, L]
+            if fused:  # the bias is summed inside the kernel
+                positions, alpha_sel, lse = kernels.select_fused(b.seq_proj, table, rows, b.seq_mask, queries,
+                                                                 self._lengths(b.seq_mask), self.cfg.top_k, self.cfg.full_lse)
+                return GsuResult(positions, positions >= 0, alpha_sel, q_emb, None, lse, rows)
             keys, _ = self._split_proj(b.seq_proj)  # [B, L, A, d_k] view; only this half is converted
-            alpha = self._full_alpha(keys, queries, bias, b.seq_mask, scratch)  # [B, A, C, L]
+            alpha = self._alpha(keys, queries, bias_m, scratch)  # [B, A, C, L]
             positions, valid, alpha_sel, lse = self._gsu(alpha, b.seq_mask, self.cfg.full_lse)
-        return GsuResult(positions, valid, alpha_sel, q_emb, ids, lse, rows)
+            return GsuResult(positions, valid, alpha_sel, q_emb, None, lse, rows)
+        ids = cross_ids(self.cfg.schema, b.seq_cross, b.seq_ts, b.now)  # J x [B, L]
+        bias = self._bias_from_tables(tables, ids)  # [B, L, A]
+        keys, _ = self._split_proj(b.seq_proj)  # [B, L, A, d_k] view
+        alpha = self._full_alpha(keys, queries, bias, b.seq_mask, scratch)  # [B, A, C, L]
+        positions, valid, alpha_sel, lse = self._gsu(alpha, b.seq_mask, self.cfg.full_lse)
+        return GsuResult(positions, valid, alpha_sel, q_emb, ids, lse)
+
+    def _seq_cross_ids(self, g: GsuResult, take=lambda t: t) -> list[torch.Tensor]:
+        """J x [B, ...] cross ids of the behaviors `take` picks from a [B, L] tensor (a slice, a gather):
+        those select computed, or its stacked table rows less the rows of the tables before each."""
+        if g.cross_ids is not None:
+            return [take(i) for i in g.cross_ids]
+        offsets = [0]
+        for t in self.cross_emb.tables[:-1]:
+            offsets.append(offsets[-1] + t.num_embeddings)
+        return [take(r) - o for r, o in zip(g.cross_rows, offsets)]
 
     def _cross_rows(self, ids: list[torch.Tensor]) -> torch.Tensor:
         """J x [B, L] cross ids -> [J, B, L] rows of the stacked per-feature tables the CPU kernels read."""
@@ -410,18 +434,18 @@ class TwinCTR(nn.Module):
         """ESU over the selected behaviors, short-term module and tower."""
         A, dk, dv = self.cfg.n_heads, self.cfg.d_k, self.cfg.d_v
         if kernels.fused_applies(b.seq_proj, g.q_emb.dtype):  # one compiled pass; selected rows read once
-            rows = g.cross_rows if g.cross_rows is not None else self._cross_rows(g.cross_ids)
+            rows = g.cross_rows if g.cross_rows is not None else self._cross_rows(g.cross_ids)  # type: ignore[arg-type]
             weights, heads_inh, pooled, evidence = kernels.esu(
                 b.seq_proj, A * dk, dv, g.positions, g.alpha_sel, [t.weight for t in self.cross_emb.tables], rows)
             heads = esu_heads(heads_inh, pooled, self.w_v_cross.weight)
         else:
             _, vals_all = self._split_proj(b.seq_proj)  # [B, L, A, d_v] view: only the selected rows are read
             vals_inh = _gather_seq(vals_all, g.positions).to(g.q_emb.dtype)  # [B, C, k, A, d_v]
-            cross_sel = self.cross_emb.parts([_gather_seq(i, g.positions) for i in g.cross_ids])  # J x [B, C, k, e]
+            cross_sel = self.cross_emb.parts(self._seq_cross_ids(g, lambda t: _gather_seq(t, g.positions)))  # J x [B, C, k, e]
             weights, heads, evidence = esu_pool(g.alpha_sel, vals_inh, torch.cat(cross_sel, dim=-1),
                                                 self.w_v_cross.weight, g.valid)
         S = b.recent_items.shape[1]  # min(short_len, L)
-        recent_cross = self.cross_emb.parts([i[:, :S] for i in g.cross_ids])
+        recent_cross = self.cross_emb.parts(self._seq_cross_ids(g, lambda t: t[:, :S]))
         recent = torch.cat([self.inherent_emb(b.recent_items), *recent_cross], dim=-1)  # [B, S, H+Cx]
         recent_mask = b.seq_mask[:, :S]
         short = self._short_term(g.q_emb, recent, recent_mask)
@@ -430,7 +454,8 @@ class TwinCTR(nn.Module):
         ex = None
         if explain:  # the projection term is alpha minus the bias; 0 where nothing was selected
             keep = g.valid[:, :, None, :]
-            bias_sel = self._bias_from_tables(self._cross_bias_tables(), [_gather_seq(i, g.positions) for i in g.cross_ids])
+            bias_sel = self._bias_from_tables(self._cross_bias_tables(),
+                                              self._seq_cross_ids(g, lambda t: _gather_seq(t, g.positions)))
             bias_sel = bias_sel.permute(0, 1, 3, 2)  # [B, C, A, k], the very numbers alpha added
             ex = Explain(g.positions, weights, (g.alpha_sel - bias_sel).masked_fill(~keep, 0.0),
                          bias_sel.masked_fill(~keep, 0.0))

@@ -5,12 +5,14 @@ compiled kernel (`cpu_gsu`), anything else (CUDA, half precision) to the torch o
 return the same positions, alpha at them and full-sequence log-sum-exp; tests pin them to each other
 and to a plain Python reference. `select_fused(proj, bias_tables, cross_rows, ...)` is the CPU serving path:
 alpha computed and ranked block by block from the cached projections, never written (`cpu_fused_gsu`);
-`esu(...)` the CPU serving ESU up to its last projection (`cpu_esu`).
+`esu(...)` the CPU serving ESU up to its last projection (`cpu_esu`); `cross_rows(...)` the cross
+features' table rows and bias that both read (`cpu_cross`).
 """
 from __future__ import annotations
 
 import torch
 
+from twin.config import FeatureSchema
 from twin.kernels.torch_gsu import select_torch
 
 
@@ -32,18 +34,28 @@ def fused_applies(proj: torch.Tensor, query_dtype: torch.dtype) -> bool:
             and proj.dtype in (torch.float16, torch.float32))
 
 
-def select_fused(proj: torch.Tensor, bias_tables: list[torch.Tensor], cross_rows: torch.Tensor,
+def cross_rows(schema: FeatureSchema, seq_cross: torch.Tensor, seq_ts: torch.Tensor, now: torch.Tensor,
+               bias_table: torch.Tensor | None = None, seq_mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The cross features' stacked table rows [J, B, L] (tables.stack_rows of features.cross_ids) and,
+    with bias_table [R, A] and seq_mask [B, L], the cross bias [B, A, L] (-inf at padding), in one
+    compiled pass over the behaviors (cpu_cross)."""
+    from twin.kernels.cpu_cross import CrossSpec, cross_rows_cpu
+
+    return cross_rows_cpu(CrossSpec.of(schema), seq_cross, seq_ts, now, bias_table, seq_mask)
+
+
+def select_fused(proj: torch.Tensor, bias_table: torch.Tensor, cross_rows: torch.Tensor,
                  seq_mask: torch.Tensor, queries: torch.Tensor, lengths: torch.Tensor, k: int, want_lse: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """alpha and the selection in one compiled CPU pass that never writes alpha (cpu_fused_gsu), the
-    cross bias summed inside it from per-feature tables: proj [B, L, D] cached projections (keys = the
-    first A*d_k columns), bias_tables J x [V_j, A], cross_rows [J, B, L] (tables.stack_rows of the cross
-    ids), seq_mask [B, L], queries [B, C, A, d_k], lengths [B] -> as select()."""
+    cross bias summed inside it from the stacked per-feature table: proj [B, L, D] cached projections
+    (keys = the first A*d_k columns), bias_table [R, A] (tables.stack_tables of the J bias tables,
+    side_by_side=False), cross_rows [J, B, L] (its row ids: cross_rows() or tables.stack_rows),
+    seq_mask [B, L], queries [B, C, A, d_k], lengths [B] -> as select()."""
     from twin.kernels.cpu_fused_gsu import augment_queries, select_fused_cpu
-    from twin.kernels.tables import stack_tables
 
-    table = stack_tables(bias_tables, side_by_side=False)
-    return select_fused_cpu(proj, cross_rows, table, seq_mask, augment_queries(queries), lengths, k, want_lse)
+    return select_fused_cpu(proj, cross_rows, bias_table, seq_mask, augment_queries(queries), lengths, k, want_lse)
 
 
 def esu(proj: torch.Tensor, col0: int, d_v: int, positions: torch.Tensor, alpha_sel: torch.Tensor,
@@ -62,10 +74,11 @@ def esu(proj: torch.Tensor, col0: int, d_v: int, positions: torch.Tensor, alpha_
 def compile_now() -> None:
     """Compile (or load from numba's on-disk cache) every CPU kernel's serving specialisations, e.g. at
     image build time, so that a service's first request does not pay the compile (~10 s each)."""
-    from twin.kernels import cpu_fused_gsu, cpu_gsu
+    from twin.kernels import cpu_cross, cpu_fused_gsu, cpu_gsu
 
     cpu_gsu.compile_now()
     cpu_fused_gsu.compile_now()
+    cpu_cross.compile_now()
     for proj in (torch.zeros(1, 10, 16, dtype=torch.float16), torch.zeros(1, 10, 16)):
         esu(proj, 8, 2, torch.zeros(1, 2, 3, dtype=torch.int64), torch.zeros(1, 2, 4, 3), [torch.zeros(2, 3)],
             torch.zeros(1, 1, 10, dtype=torch.int64))
