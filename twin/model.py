@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -409,7 +410,7 @@ class TwinCTR(nn.Module):
         positions, valid, alpha_sel, lse = self._gsu(alpha, b.seq_mask, self.cfg.full_lse)
         return GsuResult(positions, valid, alpha_sel, q_emb, ids, lse)
 
-    def _seq_cross_ids(self, g: GsuResult, take=lambda t: t) -> list[torch.Tensor]:
+    def _seq_cross_ids(self, g: GsuResult, take: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
         """J x [B, ...] cross ids of the behaviors `take` picks from a [B, L] tensor (a slice, a gather):
         those select computed, or its stacked table rows less the rows of the tables before each."""
         if g.cross_ids is not None:
