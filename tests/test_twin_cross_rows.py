@@ -58,8 +58,8 @@ def test_bias_equals_the_masked_bias_of_the_torch_path():
 
 
 def test_a_wrong_age_rule_would_be_caught():
-    """The age feature depends on now - ts: shifting now by an hour moves rows, so the equality above
-    is not vacuous for the derived feature."""
+    """The age feature depends on now - ts: shifting now by 30 days moves its rows and no other
+    feature's, so the equalities above are not vacuous for the derived feature."""
     cross, ts, now = inputs(SYNTHETIC, seed=3)
     a, _ = cross_rows(SYNTHETIC, cross, ts, now)
     b, _ = cross_rows(SYNTHETIC, cross, ts, now + 30 * 86_400_000)

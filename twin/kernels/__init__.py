@@ -3,7 +3,7 @@
 `select(alpha, lengths, k, want_lse)` ranks a materialised alpha: float32 CPU alpha goes to the
 compiled kernel (`cpu_gsu`), anything else (CUDA, half precision) to the torch ops (`torch_gsu`). Both
 return the same positions, alpha at them and full-sequence log-sum-exp; tests pin them to each other
-and to a plain Python reference. `select_fused(proj, bias_tables, cross_rows, ...)` is the CPU serving path:
+and to a plain Python reference. `select_fused(proj, bias_table, cross_rows, ...)` is the CPU serving path:
 alpha computed and ranked block by block from the cached projections, never written (`cpu_fused_gsu`);
 `esu(...)` the CPU serving ESU up to its last projection (`cpu_esu`); `cross_rows(...)` the cross
 features' table rows and bias that both read (`cpu_cross`).

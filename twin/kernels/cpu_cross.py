@@ -62,7 +62,7 @@ class CrossSpec:
 def _bucket(bounds, lo, hi, v):
     """torch.bucketize(v, bounds[lo:hi], right=True): how many boundaries are <= v (NaN: all). The
     boundaries are sorted and few (buckets: ~10), so a branch-free count beats a bisection, whose
-    branches mispredict (0.65 -> 0.2 ms at W1)."""
+    branches mispredict (rows + bias at W1: 0.65 ms with a bisection, 0.33 ms this way)."""
     if v != v:
         return np.int64(hi - lo)
     n = np.int64(0)
@@ -120,7 +120,7 @@ def cross_rows_cpu(spec: CrossSpec, seq_cross: torch.Tensor, seq_ts: torch.Tenso
     B, L = seq_ts.shape
     out = np.empty((spec.col.shape[0], B, L), np.int64)
     if bias_table is None:
-        table, mask, bias = np.zeros((0, 1), np.float32), np.ones((B, L), np.bool_), np.empty((1, 1, 1), np.float32)
+        table, mask, bias = np.zeros((0, 1), np.float32), np.ones((1, 1), np.bool_), np.empty((1, 1, 1), np.float32)  # unread
     else:
         table = bias_table.detach().to(torch.float32).contiguous().numpy()
         mask = seq_mask.contiguous().numpy()
