@@ -79,7 +79,7 @@ class LocalProjectionCache:
         self.device = torch.device(device)
         self.store, self.catalog, self.compute_fn = store, catalog, compute_fn
         # On the CPU the slab is a numpy array (exposed as a tensor without a copy): numpy's
-        # row gathers are single-threaded memcpy loops, ~0.3 ms per 10,000 rows, where torch's
+        # row gathers are single-threaded memcpy loops, ~0.1 ms per 10,000 rows, where torch's
         # index ops wake its intra-op thread pool and cost 1-12 ms on a busy 2-core host.
         self._host = self.device.type == "cpu"
         self._slab: np.ndarray | torch.Tensor = (  # [Cap, D] float16
@@ -170,8 +170,8 @@ class LocalProjectionCache:
 
     def _take(self, src: np.ndarray | torch.Tensor, rows: np.ndarray) -> np.ndarray | torch.Tensor:
         """src[rows] for rows int [K] -> [K, D]"""
-        if self._host:
-            return src[rows]
+        if self._host:  # np.take, not src[rows]: 10,000 rows of 256 B in 0.09-0.34 ms, not 0.24-0.87 (cache warm-cold)
+            return np.take(src, rows, axis=0)
         return src.index_select(0, self._to_dev(rows.astype(np.int64)))
 
     def _put(self, dst: np.ndarray | torch.Tensor, rows: np.ndarray, vals: np.ndarray | torch.Tensor) -> None:
