@@ -46,8 +46,9 @@ COPY loadtest ./loadtest
 COPY bench ./bench
 # the lock pins every dependency (constraints: the extras decide what is installed)
 RUN pip install -c requirements.lock ".[${EXTRAS}]"
-# compile the CPU kernels into numba's cache inside the venv (the service's first start skips their compile)
-RUN cd / && python -c "from twin.kernels import compile_now; compile_now()"
+# compile the CPU kernels and the id index's probe into numba's cache inside the venv (the service's first
+# start skips their compile)
+RUN cd / && python -c "from twin.kernels import compile_now; compile_now(); from cache import id_probe; id_probe.compile_now()"
 
 # --- the build plus locust and the report's plots
 FROM build AS build-loadtest

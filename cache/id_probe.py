@@ -48,3 +48,10 @@ def lookup(table: np.ndarray, vals: np.ndarray, bits: int, keys: np.ndarray, out
         p = _position(table, mask, shift, keys[i])
         out[i] = vals[p] if p >= 0 else -1
     return out
+
+
+def compile_now() -> None:
+    """Compile (or load from numba's on-disk cache) both loops, e.g. at image build time."""
+    table = np.full(16, -1, np.int64)
+    find(table, 4, np.zeros(1, np.int64), np.empty(1, np.int64))
+    lookup(table, np.zeros(16, np.int32), 4, np.zeros(1, np.int64), np.empty(1, np.int32))
