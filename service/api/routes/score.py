@@ -1,4 +1,5 @@
 from fastapi import APIRouter
+from fastapi.responses import Response
 
 from service import scoring
 from service.api.deps import CtxDep, DeadlineDep
@@ -12,10 +13,13 @@ _ERRORS = {**BODY_ERRORS, 429: {"description": "Queue full; see Retry-After"},
 
 
 @router.post("/score", response_model=ScoreResponse, response_model_exclude_none=True, responses=_ERRORS)
-async def score(body: ScoreRequest, ctx: CtxDep, deadline: DeadlineDep) -> ScoreResponse:
+async def score(body: ScoreRequest, ctx: CtxDep, deadline: DeadlineDep) -> Response:
     """One CTR per candidate for the user, with the model version that produced them.
 
     Unknown users are scored with an empty history (`degraded`, reason `unknown_user`); when Redis
     is unreachable the answer comes from what the process holds (`redis_unavailable`).
     """
-    return await scoring.score(ctx, body, deadline)
+    answer = await scoring.score(ctx, body, deadline)
+    # serialized here, once: FastAPI would dump the model, validate the dump against response_model
+    # and encode that again (response_model stays for the OpenAPI document)
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
