@@ -15,7 +15,7 @@ ABLATIONS ?= twin,no_full_lse,no_user_stats,no_item_stats,nocross,paper
 REGISTRY ?= var/models
 export TWIN_MODEL_ROOT ?= $(REGISTRY)
 
-.PHONY: install lock compose-smoke test train train-ablations train-movielens reproduce reproduce-smoke serve run bench-stores bench-service bench loadtest loadtest-smoke stack stack-smoke faults soak faults-smoke clean
+.PHONY: install lock compose-smoke test train train-ablations train-movielens reproduce reproduce-smoke serve run bench-stores bench-service bench-ab bench loadtest loadtest-smoke stack stack-smoke faults soak faults-smoke clean
 
 install: $(STAMP)
 
@@ -108,6 +108,11 @@ bench-stores: $(STAMP)
 
 bench-service: $(STAMP)
 	$(PYTHON) -m bench.bench_service
+
+# The HTTP path of this checkout against a git ref, both served at once in alternating rounds (bench/ab_service.py)
+BASE ?= HEAD
+bench-ab: $(STAMP)
+	$(PYTHON) -m bench.ab_service --base $(BASE)
 
 # All benchmarks in one run -> reports/bench/summary.{json,md} (bench/bench_all.py); BENCH_ARGS=--quick for a smoke.
 BENCH_ARGS ?=

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -275,6 +277,15 @@ def summarize(r: Run) -> dict:
 async def measure_http(quick: bool, log=print, device: str = "cpu") -> dict:
     """The whole HTTP part: seeds a private key prefix, runs the warm and the cold service, returns
     {"bare": {...}, "warm": {conc: {...}}, "cold": {conc: {...}}, "threads": ..., "parallel": ...}."""
+    async with bench_redis("bench") as (url, keys):
+        return await _measure_http(url, keys, quick, log, device)
+
+
+@contextlib.asynccontextmanager
+async def bench_redis(prefix: str) -> AsyncIterator[tuple[str, Keys]]:
+    """-> (url, a private key prefix): $REDIS_URL, else an embedded Redis started for the block. On exit
+    the prefix's keys are unlinked (never a flush: the server may hold others' data) or the embedded
+    server stopped."""
     from cache.connection import EmbeddedRedis
 
     emb = None
@@ -282,7 +293,22 @@ async def measure_http(quick: bool, log=print, device: str = "cpu") -> dict:
     if not url:
         emb = EmbeddedRedis()
         url = f"unix://{emb.socket_path}"
-    keys = Keys(prefix=f"bench{os.getpid()}")
+    keys = Keys(prefix=f"{prefix}{os.getpid()}")
+    try:
+        yield url, keys
+    finally:
+        if emb is not None:
+            emb.stop()
+        else:
+            h = await open_redis(url)
+            try:
+                async for k in h.client.scan_iter(match=f"{keys.prefix}*", count=1000):
+                    await h.client.unlink(k)
+            finally:
+                await h.aclose()
+
+
+async def _measure_http(url: str, keys: Keys, quick: bool, log, device: str) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="twin-bench-"))
     procs: list[subprocess.Popen] = []
     threads = default_threads(torch.device(device))  # what the service's inference thread runs on
@@ -333,15 +359,6 @@ async def measure_http(quick: bool, log=print, device: str = "cpu") -> dict:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=30)
-        if emb is not None:
-            emb.stop()
-        h = await open_redis(url) if emb is None else None
-        if h is not None:  # our prefix only; never a flush
-            try:
-                async for k in h.client.scan_iter(match=f"{keys.prefix}*", count=1000):
-                    await h.client.unlink(k)
-            finally:
-                await h.aclose()
 
 
 def http_table(res: dict) -> list[str]:
