@@ -48,7 +48,7 @@ from cache.projection_store import ProjectionStore
 from cache.user_sequence_cache import UserSequence, UserSequenceCache
 from service.engine.forward import alpha_scratch, collate, run_batch
 from service.engine.gsu_route import GsuRoutes
-from service.engine.gsu_route_probe import describe, measure_route
+from service.engine.gsu_route_probe import describe, measure_route, route_shapes
 from service.engine.request import ScoreInputs
 from service.engine.slot import ModelSlot
 from service.engine.worker import default_parallel_threads, default_threads
@@ -125,8 +125,8 @@ def build_world(name: str, n_users: int, device: torch.device = torch.device("cp
                                   recent=raw[:model.cfg.short_len], cand=cand, now=NOW, hist_len=L))
         raws.append(raw)
     slot, slot_lse = _slot(model, L, device), _slot(model_lse, L, device)
-    for s in (slot, slot_lse):  # the GSU path the engine's warm-up would pick: timed at this L and C = 100
-        s.gsu_routes = GsuRoutes(HEADS, [measure_route(s, L, 100)])
+    for s in (slot, slot_lse):  # the GSU paths the engine's warm-up would pick: timed at the shapes it times
+        s.gsu_routes = GsuRoutes(HEADS, [measure_route(s, lb, cb) for lb, cb in route_shapes(s)])
     return World(L, C, model, slot, slot_lse, inputs, raws, device)
 
 

@@ -61,7 +61,12 @@ def test_the_probe_times_both_paths_and_skips_the_materialised_one_past_the_memo
     w1 = dataclasses.replace(slot, seq_buckets=[64, 10_000], cand_buckets=[8, 100])
     assert gsu_route_probe.route_shapes(w1) == [(1_000, 100), (3_162, 100), (10_000, 100)]
     big = dataclasses.replace(slot, seq_buckets=[64, 20_000], cand_buckets=[8, 512])
-    assert gsu_route_probe.route_shapes(big) == [(L, 100) for L in (1_000, 3_162, 9_999, 20_000)]
+    ls = (1_000, 3_162, 9_999, 20_000)
+    monkeypatch.setattr(gsu_route_probe, "MAX_ALPHA_BYTES", 4 * slot.cfg.n_heads * 512 * 20_000)
+    assert gsu_route_probe.route_shapes(big) == [(L, 100) for L in ls] + [(L, 512) for L in ls]
+    # the large-C shapes stop where one request's materialised alpha would pass the memory bound
+    monkeypatch.setattr(gsu_route_probe, "MAX_ALPHA_BYTES", 4 * slot.cfg.n_heads * 512 * 9_999)
+    assert gsu_route_probe.route_shapes(big) == [(L, 100) for L in ls] + [(L, 512) for L in ls[:3]]
 
 
 async def test_a_served_slot_measured_its_routes_at_warm_up_and_a_swap_of_the_same_shapes_keeps_them(world: World):  # noqa: F811

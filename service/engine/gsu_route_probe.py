@@ -21,11 +21,13 @@ ROUNDS = 5  # timed calls of each path, interleaved (after one untimed call each
 def route_shapes(slot: ModelSlot) -> list[tuple[int, int]]:
     """(L, C) to measure: L from 1,000 (below, both take well under a millisecond) to the slot's
     largest bucket, a factor ~3 apart, at C = 100 (a ranking request's typical size, clipped to the
-    candidate buckets). One C only: the probe delays readiness (a restarted scorer must answer within
-    5 s, `make faults`), and the largest C bucket cost ~4x the rest of the probe (CI, 2026-12-02: 1.9 s
-    in all on a slow spell, against ~0.3 s now). Wherever the two paths were more than a few percent
-    apart at C = 100, the larger C had the same winner (W1 and W3 on both hosts measured, CI's stack at
-    L = 1,000-2,000, C = 1,000), and the lookup's memory bound still keeps a large batch fused."""
+    candidate buckets), and again at the largest candidate bucket where it is over twice that and
+    one request's materialised alpha stays within MAX_ALPHA_BYTES (beyond, there is no choice).
+    C matters: the materialised alpha grows with C and the fused pass shares each key's load over
+    more candidates. At W3 (L = 10,000, C = 500) on a Zen 5 host the two paths were 1% apart at
+    C = 100 (fused 3.82 vs materialised 3.78 ms: materialised taken) and 27% apart at C = 500 (10.0
+    vs 13.7 ms, `make bench`, 2026-12-04). The probe delays readiness (a restarted scorer must answer
+    within 5 s, `make faults`): at L = 10,000 and 512 candidates the large-C shapes add ~0.2 s."""
     lmax, cmin, cmax = slot.seq_buckets[-1], slot.cand_buckets[0], slot.cand_buckets[-1]
     ls, L = [], min(1_000, lmax)
     while L < lmax / 1.5:  # none within 1.5x of lmax: it is measured itself
@@ -33,7 +35,8 @@ def route_shapes(slot: ModelSlot) -> list[tuple[int, int]]:
         L = int(L * math.sqrt(10))
     ls.append(lmax)
     C = min(max(100, cmin), cmax)
-    return [(L, C) for L in ls]
+    wide = [(L, cmax) for L in ls if cmax >= 2 * C and alpha_bytes(L, cmax, slot.cfg.n_heads) <= MAX_ALPHA_BYTES]
+    return [(L, C) for L in ls] + wide
 
 
 def measure_route(slot: ModelSlot, L: int, C: int, seed: int = 0) -> RouteTiming:
