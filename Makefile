@@ -111,8 +111,9 @@ bench-service: $(STAMP)
 
 # The HTTP path of this checkout against a git ref, both served at once in alternating rounds (bench/ab_service.py)
 BASE ?= HEAD
+AB_ARGS ?=
 bench-ab: $(STAMP)
-	$(PYTHON) -m bench.ab_service --base $(BASE)
+	$(PYTHON) -m bench.ab_service --base $(BASE) $(AB_ARGS)
 
 # All benchmarks in one run -> reports/bench/summary.{json,md} (bench/bench_all.py); BENCH_ARGS=--quick for a smoke.
 BENCH_ARGS ?=

@@ -9,8 +9,11 @@ per version, HTTP p50 / p99, the server's own stage p50s and "outside": HTTP p50
 total p50 (parsing, validation, serialization, ASGI layers, loopback), then new / base ratios.
 
     python -m bench.ab_service [--base REF] [--rounds N] [--seconds S]   # `make bench-ab BASE=REF`
+    python -m bench.ab_service --new-env TWIN_WARMUP=none                 # one version, two settings
 
-The base ref must run with this checkout's dependencies (one environment serves both).
+--base-env / --new-env KEY=VALUE add settings to one service's environment (repeatable), so that with
+--base HEAD and a clean tree the run compares settings. The base ref must run with this checkout's
+dependencies (one environment serves both).
 """
 from __future__ import annotations
 
@@ -41,12 +44,14 @@ def row(r: Run) -> dict[str, float]:
             "outside": p50 - total, "n": len(r.lat), "errors": r.errors}
 
 
-async def compare(base_ref: str, rounds: int, seconds: float) -> dict[str, dict[str, float]]:
+async def compare(base_ref: str, rounds: int, seconds: float, extra_env: dict[str, dict[str, str]]
+                  ) -> dict[str, dict[str, float]]:
     async with bench_redis("ab") as (url, keys):
-        return await _compare(url, keys, base_ref, rounds, seconds)
+        return await _compare(url, keys, base_ref, rounds, seconds, extra_env)
 
 
-async def _compare(url: str, keys: Keys, base_ref: str, rounds: int, seconds: float) -> dict[str, dict[str, float]]:
+async def _compare(url: str, keys: Keys, base_ref: str, rounds: int, seconds: float,
+                   extra_env: dict[str, dict[str, str]]) -> dict[str, dict[str, float]]:
     tmp = Path(tempfile.mkdtemp(prefix="twin-ab-"))
     tree = tmp / "base"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), base_ref], check=True)
@@ -63,6 +68,7 @@ async def _compare(url: str, keys: Keys, base_ref: str, rounds: int, seconds: fl
             env = service_env(url, keys, tmp / "models", ports[name], default_threads(cpu),
                               default_parallel_threads(cpu), cold=False)
             env["PYTHONPATH"] = str(cwd)  # each service imports its own tree's packages
+            env.update(extra_env[name])
             procs.append(subprocess.Popen([sys.executable, "-m", "service", "--log-level", "warning"], env=env, cwd=cwd))
         for port in ports.values():
             await wait_ready(port)
@@ -86,10 +92,16 @@ def main() -> None:
     ap.add_argument("--base", default="HEAD", help="git ref to compare this checkout against (default HEAD)")
     ap.add_argument("--rounds", type=int, default=12, help="alternating rounds (default 12)")
     ap.add_argument("--seconds", type=float, default=1.5, help="seconds of load per version per round")
+    for side in ("base", "new"):
+        ap.add_argument(f"--{side}-env", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"a setting for the {side} service's environment (repeatable)")
     args = ap.parse_args()
+    extra = {side: dict(kv.split("=", 1) for kv in getattr(args, f"{side}_env")) for side in ("base", "new")}
     start = machine_line()
-    res = asyncio.run(compare(args.base, args.rounds, args.seconds))
-    print(f"W1 HTTP path at concurrency 1, base = {args.base}, new = this checkout; start: {start}; "
+    res = asyncio.run(compare(args.base, args.rounds, args.seconds, extra))
+    said = "".join(f", {side} env {' '.join(getattr(args, f'{side}_env'))}" for side in ("base", "new")
+                   if getattr(args, f"{side}_env"))
+    print(f"W1 HTTP path at concurrency 1, base = {args.base}, new = this checkout{said}; start: {start}; "
           f"end: {machine_line()}.\n")
     cols = ("p50", "p99", "fetch", "gsu", "esu", "total", "outside")
     print("| version | requests | " + " | ".join(f"{c} ms" for c in cols) + " |")
