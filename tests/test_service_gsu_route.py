@@ -7,11 +7,12 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from service.engine import gsu_route_probe
 from service.engine.forward import run_batch, synthetic_inputs
-from service.engine.gsu_route import GsuRoutes, RouteTiming
+from service.engine.gsu_route import EVICTION_MS_PER_MB, GsuRoutes, RouteTiming
 from service.engine.slot import ModelSlot
 from tests.service_world import ADMIN, World, running, world  # noqa: F401
 from tests.twin_factory import tiny_model
@@ -32,6 +33,8 @@ def test_the_route_is_that_of_the_nearest_measured_shape_and_fused_when_alpha_wo
     assert routes.fused(9_000, 400) is False
     assert routes.fused(80_000, 100) is True  # materialised not timed there
     assert routes.fused(10_000, 5_000) is True  # nearest says materialised, but 800 MB of alpha
+    # the materialised path is charged for the caches its alpha evicts: a faster select can still lose
+    assert RouteTiming(10_000, 100, 2.72, 2.58, 1.0).fused and not RouteTiming(10_000, 100, 2.72, 1.6, 1.0).fused
 
 
 def test_run_batch_takes_the_measured_route_and_both_routes_score_alike():
@@ -53,6 +56,7 @@ def test_the_probe_times_both_paths_and_skips_the_materialised_one_past_the_memo
     slot = _slot()
     t = gsu_route_probe.measure_route(slot, 300, 40)
     assert (t.L, t.C) == (300, 40) and t.fused_ms > 0 and t.materialised_ms is not None and t.materialised_ms > 0
+    assert t.eviction_ms == pytest.approx(EVICTION_MS_PER_MB * 4 * slot.cfg.n_heads * 40 * 300 / 2**20)
     assert slot.alpha_scratch == {}  # the probe does not keep its buffer
     monkeypatch.setattr(gsu_route_probe, "MAX_ALPHA_BYTES", 4 * slot.cfg.n_heads * 40 * 300 - 1)
     t = gsu_route_probe.measure_route(slot, 300, 40)

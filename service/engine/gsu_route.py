@@ -12,6 +12,16 @@ There the GEMM (MKL: FMA, 512-bit) outruns numba's 256-bit multiply-adds while a
 L = 100,000 (160 MB of alpha) writing and re-reading alpha costs about what that saves, and the two
 runs disagree: the probe follows the machine of the moment.
 
+The probe times `select` alone, back to back, and that flatters the materialised path: writing
+alpha (16 MB at W1) evicts the caches that the rest of the request then runs in (the ESU's rows, the
+event loop's code and data). `make bench-ab AB_ARGS="--new-env TWIN_WARMUP=none"` (the same code,
+fused everywhere against the probe's choice, materialised at W1) on a Zen 5 host, 2026-12-04: select
+alone 10% faster materialised (2.58 vs 2.72 ms), yet the request 8-9% slower (HTTP p50 10.40 vs 9.55
+and 8.88 vs 8.05 ms in two runs; ESU 2.31 vs 1.85 ms, fetch 0.82 vs 0.74, outside the handler 1.48
+vs 1.29). So the materialised time is charged EVICTION_MS_PER_MB for every MB of alpha it writes:
+~1 ms per 16 MB, what that run lost. Where the materialised path wins by more (an Intel host with
+MKL: 2.1-2.6 ms at W1), it is still taken.
+
 A route is measured per (L, C) shape at warm-up (service.lifecycle, by gsu_route_probe) and looked
 up for the nearest measured shape (in log L, log C). The materialised path is never timed, nor taken, where its alpha
 would pass MAX_ALPHA_BYTES: the scratch buffer would cost more memory than the speed is worth. The
@@ -24,6 +34,7 @@ import math
 from dataclasses import dataclass, field
 
 MAX_ALPHA_BYTES = 256 * 2**20  # per request; W2 (L = 100,000, C = 100, 4 heads) is 160 MB
+EVICTION_MS_PER_MB = 0.06  # what writing alpha costs the rest of a request, per MB (see above)
 
 
 def alpha_bytes(L: int, C: int, heads: int) -> int:
@@ -37,10 +48,11 @@ class RouteTiming:
     C: int
     fused_ms: float
     materialised_ms: float | None  # None: not timed (alpha too large, or no choice on this device)
+    eviction_ms: float = 0.0  # charged to the materialised path: EVICTION_MS_PER_MB x its alpha's MB
 
     @property
     def fused(self) -> bool:
-        return self.materialised_ms is None or self.fused_ms <= self.materialised_ms
+        return self.materialised_ms is None or self.fused_ms <= self.materialised_ms + self.eviction_ms
 
 
 @dataclass

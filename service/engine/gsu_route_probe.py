@@ -12,7 +12,7 @@ import time
 import torch
 
 from service.engine.forward import alpha_scratch, collate, synthetic_inputs
-from service.engine.gsu_route import MAX_ALPHA_BYTES, RouteTiming, alpha_bytes
+from service.engine.gsu_route import EVICTION_MS_PER_MB, MAX_ALPHA_BYTES, RouteTiming, alpha_bytes
 from service.engine.slot import ModelSlot
 
 ROUNDS = 5  # timed calls of each path, interleaved (after one untimed call each)
@@ -60,7 +60,8 @@ def measure_route(slot: ModelSlot, L: int, C: int, seed: int = 0) -> RouteTiming
                 times[k].append((time.perf_counter() - t0) * 1e3)
     slot.alpha_scratch.pop(threading.get_ident(), None)  # up to MAX_ALPHA_BYTES: only a batch that needs it keeps one
     med = {k: statistics.median(v) for k, v in times.items()}
-    return RouteTiming(L, C, med["fused"], med.get("materialised"))
+    eviction = EVICTION_MS_PER_MB * alpha_bytes(L, C, model.cfg.n_heads) / 2**20
+    return RouteTiming(L, C, med["fused"], med.get("materialised"), eviction)
 
 
 def describe(timings: list[RouteTiming]) -> str:
@@ -68,5 +69,6 @@ def describe(timings: list[RouteTiming]) -> str:
     if timings and all(math.isnan(t.fused_ms) for t in timings):
         return "no choice on this device (alpha is materialised)"
     return "; ".join(f"L={t.L} C={t.C}: fused {t.fused_ms:.2f} ms"
-                     + (f" vs materialised {t.materialised_ms:.2f} ms" if t.materialised_ms is not None else "")
+                     + (f" vs materialised {t.materialised_ms:.2f} + {t.eviction_ms:.2f} ms for what its alpha evicts"
+                        if t.materialised_ms is not None else "")
                      + (" -> fused" if t.fused else " -> materialised") for t in timings)
