@@ -27,7 +27,8 @@ def route_shapes(slot: ModelSlot) -> list[tuple[int, int]]:
     more candidates. At W3 (L = 10,000, C = 500) on a Zen 5 host the two paths were 1% apart at
     C = 100 (fused 3.82 vs materialised 3.78 ms: materialised taken) and 27% apart at C = 500 (10.0
     vs 13.7 ms, `make bench`, 2026-12-04). The probe delays readiness (a restarted scorer must answer
-    within 5 s, `make faults`): at L = 10,000 and 512 candidates the large-C shapes add ~0.2 s."""
+    within 5 s, `make faults`): with the large-C shapes, CI's restarted scorer (L up to 2,000, C up
+    to 1,000) went from start to ready in 0.9-1.0 s (`make faults-smoke`, 2026-12-04)."""
     lmax, cmin, cmax = slot.seq_buckets[-1], slot.cand_buckets[0], slot.cand_buckets[-1]
     ls, L = [], min(1_000, lmax)
     while L < lmax / 1.5:  # none within 1.5x of lmax: it is measured itself
