@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,8 +77,8 @@ async def _compare(url: str, keys: Keys, base_ref: str, rounds: int, seconds: fl
         for name, port in ports.items():  # every user once through each service's caches
             await load(port, 4, reqs[name], n=2 * N_USERS)
         runs = {name: Run() for name in ports}
-        for _ in range(rounds):
-            for name, port in ports.items():
+        for i in range(rounds):  # the order flips every round: neither version always runs just after the other
+            for name, port in (list(ports.items()) if i % 2 == 0 else list(ports.items())[::-1]):
                 runs[name].add(await load(port, 1, reqs[name], seconds=seconds))
         return {name: row(r) for name, r in runs.items()}
     finally:
@@ -85,6 +86,7 @@ async def _compare(url: str, keys: Keys, base_ref: str, rounds: int, seconds: fl
             proc.terminate()
             proc.wait(timeout=30)
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
