@@ -20,6 +20,7 @@ behind the trimmed part falls back to dropping everything. One writer per versio
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Sequence
@@ -173,8 +174,22 @@ class ProjectionStore:
 
 def _next_generation(gen: int) -> int:
     """Generations are Unix milliseconds, strictly increasing: a version deleted and projected again
-    starts above anything a scorer knew of its previous life (so it reads as a reset, never as 'no news')."""
+    starts above anything a scorer knew of its previous life (so it reads as a reset, never as 'no news');
+    delete_version waits for the clock to pass the deleted generation for that (_outlast)."""
     return max(gen + 1, int(time.time() * 1000))
+
+
+async def _outlast(gen: int, limit_s: float = 1.0) -> None:
+    """Return once the clock (Unix ms) is past generation `gen`. Changes within one millisecond put
+    generations ahead of the clock (gen + 1 each), and a version deleted and projected again starts
+    from 0: without this its first generation could equal one a scorer still knows (seen on a fast
+    host: delete and re-projection in the same millisecond). Gives up after limit_s (a clock set back)."""
+    end = time.monotonic() + limit_s
+    while int(time.time() * 1000) <= gen:
+        if time.monotonic() > end:
+            log.warning("clock still at or before generation %d after %.1f s: was it set back?", gen, limit_s)
+            return
+        await asyncio.sleep(0.001)
 
 
 async def list_versions(client: Any, keys: Keys) -> list[str]:
@@ -185,10 +200,12 @@ async def delete_version(client: Any, keys: Keys, version: str) -> int:
     """Garbage-collect one version: marker first (it stops being servable), then progress and
     every bucket. Returns the number of keys removed. Idempotent."""
     check_version(version)
+    last = int(await client.hget(keys.proj_generation(version), "gen") or 0)
     removed = int(await client.unlink(keys.proj_marker(version)))
     removed += int(await client.unlink(keys.proj_done(version)))
     removed += int(await client.unlink(keys.proj_changed(version)))
     removed += int(await client.unlink(keys.proj_generation(version)))
+    await _outlast(last)  # the version projected again must start above every generation it had
     removed += await BucketHashMap(client, keys.proj_buckets(version), 1).delete_all()
     await client.srem(keys.versions(), version)
     log.info("deleted projections of version %s (%d keys)", version, removed)
