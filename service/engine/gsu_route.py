@@ -16,9 +16,9 @@ The probe times `select` alone, back to back, and that flatters the materialised
 alpha (16 MB at W1) evicts the caches that the rest of the request then runs in (the ESU's rows, the
 event loop's code and data). `make bench-ab AB_ARGS="--new-env TWIN_WARMUP=none"` (the same code,
 fused everywhere against the probe's choice, materialised at W1) on a Zen 5 host, 2026-12-04: select
-alone 10% faster materialised (2.58 vs 2.72 ms), yet the request 8-9% slower (HTTP p50 10.40 vs 9.55
-and 8.88 vs 8.05 ms in two runs; ESU 2.31 vs 1.85 ms, fetch 0.82 vs 0.74, outside the handler 1.48
-vs 1.29). So the materialised time is charged EVICTION_MS_PER_MB for every MB of alpha it writes:
+alone 10% faster materialised (2.58 vs 2.72 ms, a one-off loop), yet the request 9% slower (HTTP p50
+10.40 vs 9.55 ms; ESU 2.31 vs 1.85 ms, fetch 0.82 vs 0.74, outside the handler 1.48 vs 1.29; a
+one-off harness of the same design: 8.88 vs 8.05 ms). So the materialised time is charged EVICTION_MS_PER_MB for every MB of alpha it writes:
 ~1 ms per 16 MB, what that run lost. Where the materialised path wins by more (an Intel host with
 MKL: 2.1-2.6 ms at W1), it is still taken.
 
